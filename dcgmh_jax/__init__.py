@@ -1,0 +1,1 @@
+"""DCGMH: distribution-consistency-guided multi-modal hashing."""

@@ -1,0 +1,1 @@
+"""SCBCH: semantic-consistent bidirectional contrastive hashing (cross-modal)."""

@@ -1,0 +1,44 @@
+"""noisy-hashing-jax: SCBCH and DCGMH noisy-label deep hashing in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="noisy-hashing-jax",
+    version="0.1.0",
+    description=(
+        "JAX/Flax noisy-label deep hashing for retrieval: SCBCH (cross-modal) "
+        "and DCGMH (multi-modal)."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(
+        include=["common", "common.*", "scbch_jax", "scbch_jax.*",
+                 "dcgmh_jax", "dcgmh_jax.*", "launch", "launch.*"]),
+    install_requires=[
+        "jax>=0.10,<0.13",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.6,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        # TF-free: builds and reads array_record without TensorFlow.
+        "tensorflow-datasets>=4.9.9,<5",
+        "array-record>=0.8,<0.9",
+        "numpy>=2.0,<3",
+        "absl-py>=2.1,<3",
+        "chex>=0.1.90,<0.2",
+        # Reading the community's .mat (v5: scipy, v7.3: h5py) and .h5 files.
+        "h5py>=3.11,<4",
+        "scipy>=1.13,<2",
+        # PR and P@N curves as PNG.
+        "matplotlib>=3.8,<4",
+    ],
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
+    entry_points={
+        "console_scripts": [
+            "nhj-scbch=launch.scbch:run",
+            "nhj-dcgmh=launch.dcgmh:run",
+            "nhj-evaluate=launch.evaluate:run",
+            "nhj-prepare-data=launch.prepare_data:run",
+        ]
+    },
+)
