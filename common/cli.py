@@ -1,0 +1,251 @@
+"""absl flags and run set-up shared by the launchers in launch/.
+
+The launchers stay thin: they define their method's flags, then call these
+helpers to (1) check every flag before any compute, (2) start multi-host JAX,
+(3) load the data and inject label noise, (4) carve a validation split, and
+(5) write and print the final results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+import jax
+import numpy as np
+from absl import flags
+
+from common import evaluation
+from common.data import Split, Splits
+from common import data as data_lib
+from common.train_loop import LoopConfig, SELECTION_MODES
+
+FLAGS = flags.FLAGS
+NOISE_PROTOCOLS = ("scbch", "dcgmh", "symmetric", "release", "none")
+BENCHMARKS = ("mirflickr25k", "nuswide21", "nuswide10", "mscoco", "iaprtc12")
+
+
+def define_data_flags(*, default_noise_protocol: str, default_noise_rate: float) -> None:
+  flags.DEFINE_string(
+      "dataset", "synthetic:demo",
+      "Data to train on: 'synthetic:<preset>' (embedded generator; presets "
+      "tiny, demo, mirflickr25k, nuswide21, mscoco, iaprtc12), a benchmark name "
+      f"({', '.join(BENCHMARKS)}) read from --data_dir, or 'tfds:<config>' read "
+      "from --tfds_dir (built by launch/prepare_data.py).")
+  flags.DEFINE_string("data_dir", None, "Directory with the benchmark's files.")
+  flags.DEFINE_enum("layout", None, ["ucch", "scbch_h5", "dcgmh_mat"],
+                    "File layout of --data_dir (default: detected from the files).")
+  flags.DEFINE_string("tfds_dir", None, "TFDS data dir for --dataset=tfds:<config>.")
+  flags.DEFINE_integer("query_size", None, "Query split size (default: the benchmark's).")
+  flags.DEFINE_integer("train_size", None, "Train split size (default: the benchmark's).")
+  flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic data generator.")
+  flags.DEFINE_enum(
+      "noise_protocol", default_noise_protocol, list(NOISE_PROTOCOLS),
+      "Label noise injected into the TRAINING labels: scbch (flip one pair), "
+      "dcgmh (four-way), symmetric (per-bit flips), release (the SCBCH release's "
+      "-lall-noise_<rate>.h5 file from --data_dir), none.")
+  flags.DEFINE_float("noise_rate", default_noise_rate,
+                     "Fraction of corrupted training items (bit-flip probability "
+                     "for symmetric).")
+  flags.DEFINE_integer("noise_seed", 0, "Seed of the label-noise draw.")
+
+
+def define_loop_flags(*, epochs: int, batch_size: int, eval_every: int) -> None:
+  flags.DEFINE_integer("epochs", epochs, "Training epochs.")
+  flags.DEFINE_integer("batch_size", batch_size,
+                       "GLOBAL batch size over all devices and processes; an "
+                       "epoch drops the last partial batch.")
+  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go. "
+                      "Re-running the same command in the same workdir resumes.")
+  flags.DEFINE_integer("eval_every", eval_every,
+                       "Epochs between evaluations (0: only at the end).")
+  flags.DEFINE_integer("checkpoint_every", 0,
+                       "Global steps between mid-epoch checkpoints (0: epoch ends only).")
+  flags.DEFINE_integer("keep", 3, "Checkpoints to keep (plus the best when selecting).")
+  flags.DEFINE_integer("log_every", 20, "Steps between metric fetches/logs.")
+  flags.DEFINE_enum("parallel", "shard_map", ["shard_map", "pmap"],
+                    "Data-parallel driver: jit+shard_map over a 1-D mesh, or pmap.")
+  flags.DEFINE_enum(
+      "selection", "last", list(SELECTION_MODES),
+      "Which epoch to report: last; val (best on a validation split carved from "
+      "the training set, see --val_size); test_queries (best on the TEST "
+      "queries, as the releases do; labelled in every output).")
+  flags.DEFINE_integer("val_size", 500, "Validation queries held out of the training "
+                       "split when --selection=val (the rest of the training split "
+                       "is the validation database; labels are the noisy ones).")
+  flags.DEFINE_bool("progress", True, "Show a progress bar.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-host: host:port of process 0 (jax.distributed).")
+  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize from the multi-host flags (all or none must be set)."""
+  given = {name: FLAGS[name].value for name in
+           ("coordinator_address", "num_processes", "process_id")}
+  if all(v is None for v in given.values()):
+    return
+  missing = [f"--{k}" for k, v in given.items() if v is None]
+  if missing:
+    raise flags.ValidationError(
+        f"multi-host runs need --coordinator_address, --num_processes and "
+        f"--process_id together; missing {', '.join(missing)}")
+  jax.distributed.initialize(coordinator_address=given["coordinator_address"],
+                             num_processes=given["num_processes"],
+                             process_id=given["process_id"])
+
+
+def require_workdir(method: str) -> str:
+  workdir = FLAGS.workdir or os.path.join("runs", method)
+  os.makedirs(workdir, exist_ok=True)
+  return workdir
+
+
+def loop_config(workdir: str, seed: int) -> LoopConfig:
+  config = LoopConfig(
+      epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, seed=seed, workdir=workdir,
+      parallel=FLAGS.parallel, log_every=FLAGS.log_every,
+      checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every,
+      keep=FLAGS.keep, selection=FLAGS.selection, progress=FLAGS.progress)
+  config.validate()
+  return config
+
+
+def preset_name_for(dataset: str) -> str:
+  """The hyperparameter preset that matches --dataset."""
+  if dataset.startswith("synthetic:"):
+    return "synthetic"
+  if dataset.startswith("tfds:"):
+    config = dataset.split(":", 1)[1]
+    return "synthetic" if config.startswith("synthetic") else config
+  return dataset
+
+
+def resolve(preset: Any, names: Iterable[str]) -> dict[str, Any]:
+  """Preset values, overridden by the flags among `names` that were given."""
+  values = {}
+  for name in names:
+    value = FLAGS[name].value
+    values[name] = value if value is not None else getattr(preset, name)
+  return values
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+  """The data of one run after noise injection and validation carving."""
+
+  splits: Splits
+  train_labels: np.ndarray       # noisy labels the method trains on
+  corrupted: np.ndarray | None   # which training items were corrupted (if known)
+  val: tuple[Split, Split] | None
+  noise_summary: dict
+
+
+def load_splits() -> Splits:
+  """The three splits named by --dataset (errors name the flag that is wrong)."""
+  dataset = FLAGS.dataset
+  if dataset.startswith("synthetic:"):
+    preset = dataset.split(":", 1)[1]
+    if preset not in data_lib.SYNTHETIC_PRESETS:
+      raise flags.ValidationError(
+          f"--dataset={dataset}: unknown synthetic preset {preset!r}; expected one "
+          f"of {sorted(data_lib.SYNTHETIC_PRESETS)}")
+    overrides = {k: v for k, v in (("query_size", FLAGS.query_size),
+                                   ("train_size", FLAGS.train_size)) if v is not None}
+    return data_lib.make_synthetic(preset, seed=FLAGS.data_seed, **overrides)
+  if dataset.startswith("tfds:"):
+    if not FLAGS.tfds_dir:
+      raise flags.ValidationError(f"--dataset={dataset} needs --tfds_dir")
+    return data_lib.load_tfds_splits(dataset.split(":", 1)[1], FLAGS.tfds_dir)
+  if dataset not in BENCHMARKS:
+    raise flags.ValidationError(
+        f"--dataset={dataset!r}: expected synthetic:<preset>, tfds:<config> or one "
+        f"of {BENCHMARKS}")
+  if not FLAGS.data_dir:
+    raise flags.ValidationError(f"--dataset={dataset} needs --data_dir with its files")
+  return data_lib.read_benchmark(dataset, FLAGS.data_dir, layout=FLAGS.layout,
+                                 query_size=FLAGS.query_size,
+                                 train_size=FLAGS.train_size)
+
+
+def check_noise_flags() -> None:
+  protocol, rate = FLAGS.noise_protocol, FLAGS.noise_rate
+  if protocol != "none" and not 0.0 <= rate <= 1.0:
+    raise flags.ValidationError(f"--noise_rate={rate}: must be in [0, 1]")
+  if protocol == "release" and (FLAGS.dataset.startswith(("synthetic:", "tfds:"))):
+    raise flags.ValidationError(
+        "--noise_protocol=release reads the SCBCH release's noise files and needs a "
+        f"benchmark --dataset with --data_dir, not --dataset={FLAGS.dataset}")
+
+
+def load_run_data(*, selection: str, val_size: int, seed: int) -> RunData:
+  """Splits + noisy training labels (+ a validation split for --selection=val)."""
+  check_noise_flags()
+  splits = load_splits()
+  clean = splits.train.labels
+  protocol, rate = FLAGS.noise_protocol, FLAGS.noise_rate
+  if protocol == "none":
+    noisy, corrupted = clean.copy(), np.zeros(len(clean), bool)
+  elif protocol == "release":
+    noisy, release_clean = data_lib.read_scbch_noisy_labels(
+        FLAGS.dataset, FLAGS.data_dir, rate)
+    if release_clean.shape != clean.shape:
+      raise ValueError(
+          f"the release noise file's clean labels are {release_clean.shape}, the "
+          f"training split is {clean.shape}: check --train_size/--query_size")
+    corrupted = np.any(noisy != clean, axis=1)
+  else:
+    noisy, corrupted = data_lib.corrupt_labels(clean, rate, protocol=protocol,
+                                               seed=FLAGS.noise_seed)
+  noisy = np.asarray(noisy, np.float32)
+  summary = {"protocol": protocol, "rate": rate, "seed": FLAGS.noise_seed,
+             "corrupted_items": int(np.sum(corrupted)),
+             "changed_bits": int(np.sum(noisy != clean)), "train_items": len(clean)}
+
+  val = None
+  if selection == "val":
+    n = len(clean)
+    if not 0 < val_size < n:
+      raise flags.ValidationError(
+          f"--val_size={val_size}: must be in (0, {n}) (the training split size)")
+    order = np.random.default_rng(np.random.PCG64([seed, 7919])).permutation(n)
+    held, kept = np.sort(order[:val_size]), np.sort(order[val_size:])
+    take = lambda idx, labels: Split(image=splits.train.image[idx],
+                                     text=splits.train.text[idx], labels=labels[idx],
+                                     index=splits.train.index[idx])
+    # Validation relevance uses the NOISY labels: the clean ones are unknown in practice.
+    val = (take(held, noisy), take(kept, noisy))
+    splits = dataclasses.replace(splits, train=take(kept, clean))
+    noisy, corrupted = noisy[kept], corrupted[kept]
+  return RunData(splits=splits, train_labels=noisy, corrupted=corrupted, val=val,
+                 noise_summary=summary)
+
+
+def run_flags(names: Iterable[str]) -> dict[str, Any]:
+  """The flags that define a run (stored in checkpoints; resume must match)."""
+  return {name: FLAGS[name].value for name in names}
+
+
+def finish(results: Mapping[str, Any], *, workdir: str, method: str,
+           dataset_name: str, extra: Mapping[str, Any]) -> None:
+  """Writes results JSON + PNG curves and prints the final table (process 0)."""
+  if jax.process_index() != 0:
+    return
+  results = dict(results, dataset=dataset_name, **extra)
+  paths = evaluation.write_results(results, workdir, prefix=f"{method}_final")
+  selection = results.get("selection", "last")
+  note = {"last": "last epoch",
+          "val": "best epoch on the validation split",
+          "test_queries": "best epoch ON THE TEST QUERIES (release protocol; optimistic)"
+          }[selection]
+  print(f"\n{method.upper()} final results on {dataset_name} ({note}):")
+  if dataset_name.startswith("synthetic"):
+    print("  (synthetic data: a demo of the pipeline, not a benchmark result)")
+  print(evaluation.format_table(results))
+  print("written: " + ", ".join(sorted(str(p) for p in paths)))
+  with open(os.path.join(workdir, "run_summary.json"), "w", encoding="utf-8") as f:
+    json.dump({"method": method, "dataset": dataset_name, **extra,
+               "selection": selection}, f, indent=2, default=str)

@@ -1,0 +1,229 @@
+"""Data-parallel drivers: one per-device step body, wrapped by pmap or jit+shard_map.
+
+The body is written once, for ONE device's shard of the global batch, with
+named-axis collectives over `AXIS`:
+
+    body(state, batch, extras, *, phase) -> (state, metrics)
+
+- `state` is replicated (identical on every device);
+- `batch` and `extras` hold this device's B/D rows of the global batch;
+- `phase` is a static, hashable value (e.g. warm-up vs robust); each distinct
+  value is one compilation, so a run has as many traces as phases;
+- the body returns the new (still replicated) state and metrics that are
+  already reduced over `AXIS` (lax.pmean / lax.psum), so every device holds the
+  same numbers.
+
+`global_value_and_grad` is the one place where the gradient semantics of data
+parallelism live: each device differentiates its local SHARE of the global
+loss (shares sum to the global loss; see `local_share`), and the gradients of
+the shares are summed over devices. Collectives inside the loss (all_gather of
+codes, BatchNorm's pmean) then transpose to exactly the cross-device terms of
+the global gradient, so D devices equal one device on the same global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, ClassVar, Hashable, Mapping
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+PARALLEL_MODES = ("shard_map", "pmap")
+
+PyTree = Any
+StepBody = Callable[..., tuple[PyTree, Mapping[str, jax.Array]]]
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh named `AXIS` over `devices` (default: all devices of all processes)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return Mesh(np.asarray(devices), (AXIS,))
+
+
+def num_shards() -> jax.Array:
+  """Number of devices along `AXIS` (call inside a driver)."""
+  return lax.psum(1, AXIS)
+
+
+def local_share(global_value: jax.Array) -> jax.Array:
+  """Share of a loss that every device computes identically on gathered arrays.
+
+  When each device evaluates the same global loss from all-gathered inputs,
+  its share is L/D, so that the shares sum to L over devices.
+  """
+  return global_value / num_shards()
+
+
+def gather_rows(x: jax.Array) -> jax.Array:
+  """All devices' rows concatenated in device order (differentiable)."""
+  return lax.all_gather(x, AXIS, tiled=True)
+
+
+def row_offset(local_rows: int) -> jax.Array:
+  """Global row position of this device's first row."""
+  return lax.axis_index(AXIS) * local_rows
+
+
+def global_value_and_grad(loss_share_fn: Callable[..., Any], params: PyTree,
+                          *args, has_aux: bool = False):
+  """Global loss and its gradient from per-device loss shares.
+
+  Args:
+    loss_share_fn: fn(params, *args) -> share (or (share, aux)); the shares of
+      all devices must sum to the global loss.
+    params: replicated parameters.
+    *args: passed through.
+    has_aux: whether loss_share_fn returns (share, aux).
+
+  Returns:
+    (global_loss, aux, grads) with grads replicated (summed over devices).
+    aux is returned as computed on this device (reduce it yourself).
+  """
+  # Mark params as per-device so the gradient is the LOCAL share's gradient on
+  # both drivers (shard_map would otherwise sum it implicitly, pmap would not).
+  params = lax.pcast(params, AXIS, to="varying")
+  grad_fn = jax.value_and_grad(loss_share_fn, has_aux=has_aux)
+  out, grads = grad_fn(params, *args)
+  share, aux = out if has_aux else (out, None)
+  return lax.psum(share, AXIS), aux, lax.psum(grads, AXIS)
+
+
+def as_replicated(tree: PyTree) -> PyTree:
+  """Values every device computed identically (from gathered inputs) -> replicated.
+
+  Under shard_map such values are still typed per-device; a max over devices
+  of equal values returns them bit-exactly (a mean might round) and types them
+  as replicated. Only for small arrays (metrics, a batch's rows, BN stats).
+  """
+  def one(x):
+    if x.dtype == jnp.bool_:
+      return lax.pmax(x.astype(jnp.int32), AXIS) > 0
+    return lax.pmax(x, AXIS)
+  return jax.tree.map(one, tree)
+
+
+@dataclasses.dataclass
+class DataParallel:
+  """Runs one per-device step body on a global batch, with pmap or shard_map.
+
+  Attributes:
+    body: the per-device step body (see module docstring).
+    mode: "shard_map" (jit + jax.shard_map over a 1-D mesh) or "pmap".
+    mesh: the 1-D device mesh (default: all devices).
+    max_phases: how many distinct `phase` values (= compilations) are allowed;
+      a further trace raises (chex.assert_max_traces), catching recompiles.
+    donate: donate the state buffers to the step.
+  """
+
+  _instances: ClassVar[int] = 0
+
+  body: StepBody
+  mode: str = "shard_map"
+  mesh: Mesh | None = None
+  max_phases: int = 2
+  donate: bool = True
+
+  def __post_init__(self):
+    if self.mode not in PARALLEL_MODES:
+      raise ValueError(f"--parallel={self.mode!r}: expected one of {PARALLEL_MODES}")
+    if self.mesh is None:
+      self.mesh = make_mesh()
+    self.num_devices = int(self.mesh.devices.size)
+    self.local_devices = [d for d in self.mesh.devices.flat
+                          if d.process_index == jax.process_index()]
+    # chex counts traces per (source, name): a name unique to this driver makes
+    # it count this driver's compilations only.
+    body = self.body
+    def per_device_step(*args, **kwargs):
+      return body(*args, **kwargs)
+    DataParallel._instances += 1
+    per_device_step.__name__ = (
+        f"{getattr(body, '__name__', 'step_body')}[driver {DataParallel._instances}]")
+    traced = chex.assert_max_traces(per_device_step, n=self.max_phases)
+    self._compiled: dict[Hashable, Callable] = {}
+    self._traced_body = traced
+    self._replicated = NamedSharding(self.mesh, P())
+    self._rows = NamedSharding(self.mesh, P(AXIS))
+    # pmap's layout: a leading axis of one entry per local device.
+    self._local_stacked = NamedSharding(Mesh(np.asarray(self.local_devices), ("local",)),
+                                        P("local"))
+    if self.mode == "pmap":
+      self._pmapped = jax.pmap(
+          lambda s, b, e, phase: traced(s, b, e, phase=phase),
+          axis_name=AXIS, static_broadcasted_argnums=(3,),
+          donate_argnums=(0,) if self.donate else (),
+          devices=self.local_devices if jax.process_count() == 1 else None)
+
+  # --- placing data ---------------------------------------------------------
+
+  def put_state(self, state: PyTree) -> PyTree:
+    """Host (or single-device) state -> the driver's replicated layout."""
+    if self.mode == "pmap":
+      n = len(self.local_devices)
+      return jax.tree.map(
+          lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + jnp.shape(x)),
+                                   self._local_stacked), state)
+    return jax.device_put(state, self._replicated)
+
+  def get_state(self, dstate: PyTree) -> PyTree:
+    """The driver's state -> one copy (device arrays, no leading device axis)."""
+    if self.mode == "pmap":
+      return jax.tree.map(lambda x: x[0], dstate)
+    return dstate
+
+  def put_rows(self, tree: PyTree) -> PyTree:
+    """This process's rows of a global batch (numpy, leading dim) -> sharded layout."""
+    if self.mode == "pmap":
+      n = len(self.local_devices)
+
+      def split(x):
+        x = np.asarray(x)
+        if x.shape[0] % n:
+          raise ValueError(
+              f"batch of {x.shape[0]} rows cannot be split over {n} local devices")
+        return jax.device_put(x.reshape((n, -1) + x.shape[1:]), self._local_stacked)
+
+      return jax.tree.map(split, tree)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self._rows, np.asarray(x)),
+        tree)
+
+  # --- running ----------------------------------------------------------------
+
+  def step(self, dstate: PyTree, dbatch: PyTree, dextras: PyTree,
+           phase: Hashable = None) -> tuple[PyTree, PyTree]:
+    """One training step; returns (new driver state, replicated metrics)."""
+    if self.mode == "pmap":
+      dstate, metrics = self._pmapped(dstate, dbatch, dextras, phase)
+      return dstate, jax.tree.map(lambda m: m[0], metrics)
+    fn = self._compiled.get(phase)
+    if fn is None:
+      body = functools.partial(self._traced_body, phase=phase)
+      sharded = jax.shard_map(body, mesh=self.mesh,
+                              in_specs=(P(), P(AXIS), P(AXIS)),
+                              out_specs=(P(), P()))
+      fn = jax.jit(sharded, donate_argnums=(0,) if self.donate else ())
+      self._compiled[phase] = fn
+    return fn(dstate, dbatch, dextras)
+
+
+def fetch(tree: PyTree) -> PyTree:
+  """Device metrics -> host numpy (one transfer; call every N steps, not every step)."""
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def check_finite(metrics: Mapping[str, Any], *, step: int, epoch: int) -> None:
+  """Stops the run with a clear message when a fetched metric is NaN/inf."""
+  bad = {k: float(v) for k, v in metrics.items()
+         if np.ndim(v) == 0 and not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(
+        f"non-finite training metrics at epoch {epoch}, global step {step}: {bad}. "
+        "The last good checkpoint is kept; lower --lr or check the input features.")

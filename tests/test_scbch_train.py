@@ -1,0 +1,95 @@
+"""SCBCH train step: D devices == 1 device on the same global batch, both drivers."""
+
+import jax
+import numpy as np
+import pytest
+
+from common import parallel
+from scbch_jax.train import ScbchConfig, ScbchMethod
+
+B, D_IMG, D_TXT, C = 16, 12, 10, 5
+
+
+def _method(**overrides):
+  config = ScbchConfig(bits=8, num_classes=C, image_hidden=(16, 16), text_hidden=(16,),
+                       lr=1e-2, k=3, **overrides)
+  rng = np.random.default_rng(0)
+  labels = (rng.random((32, C)) < 0.3).astype(np.float32)
+  labels[3] = 0  # an empty label row
+  return ScbchMethod(config, image_dim=D_IMG, text_dim=D_TXT, train_labels=labels,
+                     train_image=rng.normal(size=(32, D_IMG)).astype(np.float32),
+                     train_text=rng.normal(size=(32, D_TXT)).astype(np.float32),
+                     eval_sets={})
+
+
+def _batches(steps):
+  rng = np.random.default_rng(1)
+  for s in range(steps):
+    labels = (rng.random((B, C)) < 0.3).astype(np.float32)
+    labels[s % B] = 0
+    yield ({"image": rng.normal(size=(B, D_IMG)).astype(np.float32),
+            "text": rng.normal(size=(B, D_TXT)).astype(np.float32),
+            "labels": labels, "index": np.arange(B, dtype=np.int32)},
+           {"weight": rng.uniform(0.5, 1.0, size=B).astype(np.float32)})
+
+
+def _run(method, mode, devices, steps=3):
+  dp = parallel.DataParallel(method.step_body, mode=mode,
+                             mesh=parallel.make_mesh(jax.devices()[:devices]),
+                             max_phases=method.num_phases)
+  state = dp.put_state(method.init_state())
+  losses = []
+  for batch, extras in _batches(steps):
+    state, metrics = dp.step(state, dp.put_rows(batch), dp.put_rows(extras), None)
+    losses.append(float(metrics["loss"]))
+  return jax.device_get(dp.get_state(state)), losses
+
+
+def test_eight_devices_equal_one_device_for_both_drivers():
+  method = _method()
+  ref_state, ref_losses = _run(method, "shard_map", 1)
+  for mode in parallel.PARALLEL_MODES:
+    state, losses = _run(method, mode, 8)
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+      np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+    assert int(state.step) == 3
+
+
+def test_step_matches_a_plain_single_device_gradient_step():
+  """The body's loss/grad equal jax.grad of the global-view losses (no collectives)."""
+  import jax.numpy as jnp
+  import optax
+  from scbch_jax import losses
+  method = _method()
+  cfg = method.config
+  state0 = method.init_state()
+  batch, extras = next(_batches(1))
+
+  def global_loss(params):
+    out = method.model.apply({"params": params}, batch["image"], batch["text"])
+    return (cfg.alpha * losses.bsch_loss(out["u"], out["v"], batch["labels"],
+                                         margin=cfg.margin, shift=cfg.shift, tau=cfg.tau)
+            + cfg.beta * losses.quantization_loss(out["u"], out["v"])
+            + losses.classification_loss(out["logits_u"], out["logits_v"],
+                                         batch["labels"], extras["weight"]))
+
+  want_loss, grads = jax.value_and_grad(global_loss)(state0.params)
+  updates, _ = method.tx.update(grads, state0.opt_state, state0.params)
+  want_params = optax.apply_updates(state0.params, updates)
+  state, losses_ = _run(method, "shard_map", 8, steps=1)
+  np.testing.assert_allclose(losses_[0], float(want_loss), rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(want_params)):
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-6)
+  del jnp
+
+
+def test_cscc_weights_are_ones_before_start_and_in_range_after():
+  method = _method(cscc_start_epoch=1)
+  state = method.init_state()
+  before = method.epoch_extras(state, 0)["weight"]
+  after = method.epoch_extras(state, 1)["weight"]
+  np.testing.assert_array_equal(before, np.ones(32, np.float32))
+  assert after.shape == (32,)
+  assert np.all(after >= 0.5 - 1e-6) and np.all(after <= 1.0 + 1e-6)
+  assert after[3] == pytest.approx(0.5)  # empty label row: r = 0 -> w = gamma
