@@ -16,11 +16,12 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 from absl import flags
+from absl import logging
 
 from common import evaluation
 from common.data import Split, Splits
 from common import data as data_lib
-from common.train_loop import LoopConfig, SELECTION_MODES
+from common.train_loop import LoopConfig, SELECTION_MODES, with_settings
 
 FLAGS = flags.FLAGS
 NOISE_PROTOCOLS = ("scbch", "dcgmh", "symmetric", "release", "none")
@@ -80,6 +81,15 @@ def define_loop_flags(*, epochs: int, batch_size: int, eval_every: int) -> None:
                       "Multi-host: host:port of process 0 (jax.distributed).")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
+
+
+def quiet_library_logs() -> None:
+  """Orbax and JAX log every checkpoint step at INFO; keep that out of the way.
+
+  An explicit --verbosity / -v wins.
+  """
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def init_distributed() -> None:
@@ -190,12 +200,8 @@ def load_run_data(*, selection: str, val_size: int, seed: int) -> RunData:
   if protocol == "none":
     noisy, corrupted = clean.copy(), np.zeros(len(clean), bool)
   elif protocol == "release":
-    noisy, release_clean = data_lib.read_scbch_noisy_labels(
-        FLAGS.dataset, FLAGS.data_dir, rate)
-    if release_clean.shape != clean.shape:
-      raise ValueError(
-          f"the release noise file's clean labels are {release_clean.shape}, the "
-          f"training split is {clean.shape}: check --train_size/--query_size")
+    noisy, _ = data_lib.read_scbch_noisy_labels(FLAGS.dataset, FLAGS.data_dir, rate,
+                                                train_labels=clean)
     corrupted = np.any(noisy != clean, axis=1)
   else:
     noisy, corrupted = data_lib.corrupt_labels(clean, rate, protocol=protocol,
@@ -234,9 +240,9 @@ def finish(results: Mapping[str, Any], *, workdir: str, method: str,
   """Writes results JSON + PNG curves and prints the final table (process 0)."""
   if jax.process_index() != 0:
     return
-  results = dict(results, dataset=dataset_name, **extra)
+  results = with_settings(results, method=method, dataset=dataset_name, **extra)
   paths = evaluation.write_results(results, workdir, prefix=f"{method}_final")
-  selection = results.get("selection", "last")
+  selection = results["settings"].get("selection", "last")
   note = {"last": "last epoch",
           "val": "best epoch on the validation split",
           "test_queries": "best epoch ON THE TEST QUERIES (release protocol; optimistic)"
@@ -245,7 +251,7 @@ def finish(results: Mapping[str, Any], *, workdir: str, method: str,
   if dataset_name.startswith("synthetic"):
     print("  (synthetic data: a demo of the pipeline, not a benchmark result)")
   print(evaluation.format_table(results))
-  print("written: " + ", ".join(sorted(str(p) for p in paths)))
+  print("written: " + ", ".join(sorted(str(p) for p in paths.values())))
   with open(os.path.join(workdir, "run_summary.json"), "w", encoding="utf-8") as f:
     json.dump({"method": method, "dataset": dataset_name, **extra,
                "selection": selection}, f, indent=2, default=str)

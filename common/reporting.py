@@ -177,6 +177,9 @@ class ProgressBar:
     self._last = 0.0
     self.done = 0
     self._first = None
+    self._printed_total = False
+    # Redrawing with \r only makes sense on a terminal; logs get one line per bar.
+    self._live = bool(getattr(self.stream, "isatty", lambda: False)())
 
   def update(self, done: int, postfix: str = "") -> None:
     self.done = done
@@ -185,8 +188,13 @@ class ProgressBar:
     now = time.time()
     if self._first is None:
       self._first = (now, done)  # rate excludes the first step (compilation)
+    if not self._live and done < self.total:
+      return
     if now - self._last < self.min_interval_s and done < self.total:
       return
+    if done == self.total and self._printed_total:
+      return
+    self._printed_total = done == self.total
     self._last = now
     t0, d0 = self._first
     rate = (done - d0) / (now - t0) if now > t0 and done > d0 else 0.0
@@ -194,12 +202,14 @@ class ProgressBar:
     filled = int(self.width * done / max(self.total, 1))
     bar = "#" * filled + "." * (self.width - filled)
     eta_text = f"{eta:5.0f}s" if math.isfinite(eta) else "    ?"
-    self.stream.write(f"\r{self.desc} [{bar}] {done}/{self.total} "
+    self.stream.write(f"{chr(13) if self._live else ''}{self.desc} [{bar}] {done}/{self.total} "
                       f"{rate:6.1f} it/s ETA {eta_text} {postfix}")
     self.stream.flush()
 
   def close(self) -> None:
     if self.enabled:
-      self.update(self.done)
+      if not self._printed_total:
+        self._last = 0.0  # force the final state onto the line
+        self.update(self.done)
       self.stream.write("\n")
       self.stream.flush()

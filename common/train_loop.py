@@ -115,6 +115,9 @@ class Method(Protocol):
                     extras: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Host-side diagnostics after an epoch (logged as kind "epoch")."""
 
+  def describe_epoch(self, summary: Mapping[str, Any]) -> str:
+    """One human-readable line from epoch_summary's output ("" for none)."""
+
   def evaluate(self, state: PyTree, split: str) -> tuple[dict, float]:
     """Results on split "val" or "test", and the scalar score used to select."""
 
@@ -206,6 +209,7 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
                         enabled=config.progress and is_primary)
       first_step = start_step if epoch == start_epoch else 0
       pending: list = []
+      postfix = ""
       batches = pipeline.train_batches(
           train_arrays, global_batch_size=config.batch_size, seed=config.seed,
           epoch=epoch, start_step=first_step, process_index=jax.process_index(),
@@ -225,7 +229,8 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
           pending = []
           parallel.check_finite(means, step=global_step, epoch=epoch)
           writer.write("train", global_step, dict(means, epoch=epoch))
-          bar.update(step_in_epoch + 1, f"loss {means.get('loss', float('nan')):.4f}")
+          postfix = f"loss {means.get('loss', float('nan')):.4f}"
+        bar.update(step_in_epoch + 1, postfix)
         if due_checkpoint:
           save(global_step, epoch, step_in_epoch + 1)
         if on_step is not None:
@@ -240,6 +245,9 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
       summary = method.epoch_summary(host_state, epoch, extras)
       summary["seconds"] = time.time() - epoch_start
       writer.write("epoch", global_step, dict(summary, epoch=epoch))
+      line = method.describe_epoch(summary)
+      if line:
+        log(f"[{method.name}] epoch {epoch + 1}: {line}")
       extras = None
       score = None
       last_epoch = epoch + 1 == config.epochs
@@ -265,7 +273,7 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
                                        extras_template=extras_template)
       selected = best
   results, _ = method.evaluate(final_state, "test")
-  results = dict(results, selection=config.selection, selected_step=selected)
+  results = with_settings(results, selection=config.selection, selected_step=selected)
   writer.write("final", selected, results)
   writer.close()
   ckpt.close()
@@ -273,9 +281,12 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
                     selection=config.selection)
 
 
+def with_settings(results: Mapping[str, Any], **settings) -> dict:
+  """Adds run facts to a results dict's "settings" (beside ties, empty_queries)."""
+  return dict(results, settings={**results.get("settings", {}), **settings})
+
+
 def _short(results: Mapping[str, Any]) -> str:
   """'i2t mAP 0.61  t2i mAP 0.60' from a results dict with per-direction maps."""
-  parts = [f"{k} mAP {v['map']:.4f}" for k, v in results.items()
-           if isinstance(v, Mapping) and "map" in v]
-  return "  ".join(parts) or str({k: v for k, v in results.items()
-                                  if np.ndim(v) == 0})
+  return "  ".join(f"{k} mAP {v['map']:.4f}" for k, v in results.items()
+                   if isinstance(v, Mapping) and "map" in v)

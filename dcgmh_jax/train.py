@@ -279,6 +279,18 @@ class DcgmhMethod:
         summary["filter"] = nf.diagnostics_ratios(sums)
     return summary
 
+  def describe_epoch(self, summary: Mapping[str, Any]) -> str:
+    truth = summary["noise_ratio_true"]
+    line = (f"{summary['phase']}; tau estimate {summary['noise_ratio_estimate']:.3f}"
+            + (f" (true {truth:.3f})" if truth is not None else "")
+            + f"; bank clean {summary['bank_clean_fraction']:.3f}")
+    f = summary.get("filter")
+    if f:
+      line += (f"; filter precision {f['precision']:.3f} recall {f['recall']:.3f}, "
+               f"reconstructed {f['reconstructed_fraction']:.3f} of flagged "
+               f"({f['reconstruction_accuracy']:.3f} correct)")
+    return line
+
   # --- evaluation -----------------------------------------------------------------
 
   def codes(self, state: DcgmhState, split: Split) -> np.ndarray:

@@ -103,6 +103,7 @@ def build_config() -> tuple[DcgmhConfig, presets.DcgmhPreset]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.quiet_library_logs()
   cli.init_distributed()
   config, preset = build_config()
   FLAGS.epochs = FLAGS.epochs or preset.epochs

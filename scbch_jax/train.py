@@ -220,6 +220,16 @@ class ScbchMethod:
           if (~self.corrupted).any() else float("nan")
     return summary
 
+  def describe_epoch(self, summary: Mapping[str, Any]) -> str:
+    if not summary["cscc_active"]:
+      return ""
+    line = (f"CSCC weights mean {summary['weight_mean']:.3f} "
+            f"(min {summary['weight_min']:.3f})")
+    if "weight_auc_corrupted" in summary:
+      line += (f"; corrupted {summary['weight_mean_corrupted']:.3f} vs clean "
+               f"{summary['weight_mean_clean']:.3f}, AUC {summary['weight_auc_corrupted']:.3f}")
+    return line
+
   # --- evaluation -----------------------------------------------------------------
 
   def codes(self, params: PyTree, split: Split) -> tuple[np.ndarray, np.ndarray]:

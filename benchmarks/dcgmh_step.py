@@ -1,0 +1,114 @@
+r"""DCGMH train-step speed: warm-up vs robust phase, and the noise filter's share.
+
+  python benchmarks/dcgmh_step.py    # prints a table and records RESULTS.md
+
+For each setting: the real warm-up and robust steps (DcgmhMethod.step_body
+under the shard_map driver on one device, state donated), and, separately,
+the noise filter alone (center similarity, consistency scores, flagging, bank
+update and top-k label reconstruction against the N-row bank) jitted on the
+same batch, to show what fraction of a robust step it costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import bench_util  # noqa: E402
+from common import parallel  # noqa: E402
+from dcgmh_jax import noise_filter as nf  # noqa: E402
+from dcgmh_jax.train import DcgmhConfig, DcgmhMethod  # noqa: E402
+
+D_IMG, D_TXT, C, BITS, BANK = 4096, 1386, 24, 32, 10_000
+SETTINGS = [
+    # name, hidden, fused, batch
+    ("paper (4096-4096-4096, K=32)", 4096, None, 48),
+    ("paper widths, batch 1024", 4096, None, 1024),
+    ("small (1024-1024), batch 4096", 1024, 1024, 4096),
+]
+
+
+def filter_only(batch: int, key) -> float:
+  """Median seconds of the filter + bank update + reconstruction alone."""
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  h = jax.random.normal(k1, (batch, BITS))
+  centers = jax.random.normal(k2, (C, BITS))
+  labels = (jax.random.uniform(k3, (batch, C)) < 0.1).astype(jnp.float32)
+  bank_sim, bank_clean = nf.init_bank(BANK, C, key=k4)
+  bank_labels = (jax.random.uniform(k4, (BANK, C)) < 0.1).astype(jnp.float32)
+  index = jnp.arange(batch, dtype=jnp.int32) % BANK
+
+  @jax.jit
+  def run(h, bank_sim, bank_clean):
+    sim = nf.center_similarity(h, centers)
+    scores = nf.consistency_scores(sim, labels)
+    noisy = nf.flag_noisy(scores, 0.4)
+    bank_sim, bank_clean = nf.update_bank(bank_sim, bank_clean, index, sim, noisy)
+    new_labels, rec = nf.reconstruct_labels(sim, bank_sim, bank_clean, bank_labels,
+                                            k=2, noisy=noisy, self_indices=index)
+    return new_labels, rec, bank_sim, bank_clean
+
+  _, median = bench_util.time_steps(lambda: run(h, bank_sim, bank_clean))
+  return median
+
+
+def bench(hidden, fused, batch, repeats):
+  config = DcgmhConfig(bits=BITS, num_classes=C, hidden=hidden, fused=fused,
+                       warmup_epochs=1, noise_ratio=0.4)
+  rng = np.random.default_rng(0)
+  labels = (rng.random((BANK, C)) < 0.1).astype(np.float32)
+  method = DcgmhMethod(config, image_dim=D_IMG, text_dim=D_TXT, train_labels=labels,
+                       steps_per_epoch=100, eval_sets={})
+  dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:1]))
+  idx = rng.permutation(BANK)[:batch].astype(np.int32) if batch <= BANK else \
+      np.arange(batch, dtype=np.int32) % BANK
+  data = dp.put_rows({"image": rng.random((batch, D_IMG), np.float32),
+                      "text": (rng.random((batch, D_TXT)) < 0.02).astype(np.float32),
+                      "labels": labels[idx], "index": idx, "truth_labels": labels[idx],
+                      "truth_corrupted": np.zeros(batch, bool)})
+  extras = dp.put_rows({})
+  out = {}
+  holder = {"state": dp.put_state(method.init_state())}
+  for phase in ("warmup", "robust"):
+    def one_step(phase=phase):
+      holder["state"], metrics = dp.step(holder["state"], data, extras, phase)
+      return metrics["loss"]
+    out[phase] = bench_util.time_steps(one_step, repeats=repeats)[1]
+  return out["warmup"], out["robust"], filter_only(batch, jax.random.key(0))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--no_record", action="store_true")
+  args = parser.parse_args()
+  rows = []
+  for name, hidden, fused, batch in SETTINGS:
+    warm, robust, filt = bench(hidden, fused, batch, args.repeats)
+    rows.append([name, batch, f"{warm * 1e3:.1f}", f"{robust * 1e3:.1f}",
+                 f"{batch / robust:.0f}", f"{filt * 1e3:.2f}",
+                 f"{100 * filt / robust:.1f}%"])
+    print(rows[-1], flush=True)
+  table = bench_util.markdown_table(
+      ["setting", "batch", "warm-up step ms", "robust step ms", "robust samples/s",
+       "filter+reconstruction ms", "filter share of robust step"], rows)
+  body = (f"Machine: {bench_util.machine()}; backend {jax.default_backend()}; "
+          f"date {bench_util.today()}; bank N = {BANK}, C = {C}, K = {BITS}; "
+          f"peak RSS {bench_util.peak_rss_gb():.1f} GB.\n"
+          f"Median of {args.repeats} steps after the first (compile) step. The robust "
+          "step runs the network twice (clean + augmented views).\n\n" + table)
+  print(body)
+  if not args.no_record:
+    bench_util.record(f"DCGMH train step (benchmarks/dcgmh_step.py, "
+                      f"{jax.default_backend()})", body)
+
+
+if __name__ == "__main__":
+  main()

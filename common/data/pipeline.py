@@ -1,0 +1,139 @@
+"""Deterministic, resumable, multi-process input pipeline over in-memory arrays.
+
+An epoch is a permutation of the rows seeded by (seed, epoch); step s takes
+the global batch perm[s·B:(s+1)·B] (the last N mod B rows are dropped), and
+process p of P takes the contiguous slice [p·B/P, (p+1)·B/P) of it. Because
+the permutation only depends on (seed, epoch), a run resumed at (epoch, step)
+sees exactly the batches an uninterrupted run sees, and every row appears
+exactly once per epoch across all processes.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Mapping
+
+import numpy as np
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or (
+      value < minimum):
+    raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
+  return int(value)
+
+
+def steps_per_epoch(num_items: int, global_batch_size: int) -> int:
+  """⌊num_items / global_batch_size⌋ (the remainder is dropped).
+
+  Raises:
+    ValueError: non-positive sizes, or num_items < global_batch_size.
+  """
+  num_items = _check_int("num_items", num_items, 0)
+  global_batch_size = _check_int("global_batch_size", global_batch_size, 1)
+  if num_items < global_batch_size:
+    raise ValueError(
+        f"num_items={num_items} is smaller than global_batch_size="
+        f"{global_batch_size}: an epoch would have no full batch.")
+  return num_items // global_batch_size
+
+
+def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
+  """The row order of one epoch: Generator(PCG64([seed, epoch])).permutation.
+
+  Returns:
+    (num_items,) int64 permutation of 0..num_items-1.
+  """
+  num_items = _check_int("num_items", num_items, 0)
+  seed = _check_int("seed", seed, 0)
+  epoch = _check_int("epoch", epoch, 0)
+  rng = np.random.Generator(np.random.PCG64([seed, epoch]))
+  return rng.permutation(num_items)
+
+
+def _num_rows(arrays: Mapping[str, np.ndarray], reserved: str) -> int:
+  if not arrays:
+    raise ValueError("arrays: need at least one array.")
+  if reserved in arrays:
+    raise ValueError(f"arrays: key {reserved!r} is reserved for the pipeline.")
+  rows = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in arrays.items()}
+  if None in rows.values() or len(set(rows.values())) > 1:
+    raise ValueError(f"arrays: all arrays must share their first dimension, "
+                     f"got {rows}.")
+  n = next(iter(rows.values()))
+  if n >= 2**31:
+    raise ValueError(f"arrays: {n} rows do not fit the int32 'index'.")
+  return n
+
+
+def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
+                  seed: int, epoch: int, start_step: int = 0,
+                  process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Yields this process's part of each shuffled global batch of one epoch.
+
+  Args:
+    arrays: name -> array, all with the same first dimension N.
+    global_batch_size: B, summed over processes; divisible by process_count.
+    seed: shuffling seed (>= 0).
+    epoch: epoch number (>= 0); each epoch has its own order.
+    start_step: first step to yield (resume); steps start_step..S-1 are
+      yielded, S = steps_per_epoch(N, B). start_step = S yields nothing.
+    process_index: p in [0, P).
+    process_count: P.
+
+  Yields:
+    {name: array[rows], "index": rows as int32}, rows = the B/P row positions
+    of this process's slice, in permutation order. "index" addresses per-item
+    state (CSCC weights, the DCGMH memory bank).
+
+  Raises:
+    ValueError: mismatched arrays, a reserved key, impossible sizes/indices.
+  """
+  n = _num_rows(arrays, "index")
+  process_count = _check_int("process_count", process_count, 1)
+  process_index = _check_int("process_index", process_index, 0)
+  if process_index >= process_count:
+    raise ValueError(f"process_index={process_index} must be < process_count="
+                     f"{process_count}.")
+  global_batch_size = _check_int("global_batch_size", global_batch_size, 1)
+  if global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} is not divisible "
+                     f"by process_count={process_count}.")
+  steps = steps_per_epoch(n, global_batch_size)
+  start_step = _check_int("start_step", start_step, 0)
+  if start_step > steps:
+    raise ValueError(f"start_step={start_step} exceeds the {steps} steps of an "
+                     "epoch.")
+  perm = epoch_permutation(n, seed, epoch)
+  local = global_batch_size // process_count
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}  # once, not per step
+  for step in range(start_step, steps):
+    lo = step * global_batch_size + process_index * local
+    rows = perm[lo:lo + local]
+    batch = {k: v[rows] for k, v in arrays.items()}
+    batch["index"] = rows.astype(np.int32)
+    yield batch
+
+
+def eval_batches(arrays: Mapping[str, np.ndarray],
+                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Yields all rows in order, in batches of exactly `batch_size` rows.
+
+  The last batch is padded with zeros; every batch carries "mask" (bool,
+  True for real rows) so a jitted encoder sees one shape. Zero rows yield
+  no batch.
+  """
+  n = _num_rows(arrays, "mask")
+  batch_size = _check_int("batch_size", batch_size, 1)
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  for lo in range(0, n, batch_size):
+    real = min(batch_size, n - lo)
+    batch = {}
+    for k, v in arrays.items():
+      part = v[lo:lo + real]
+      if real < batch_size:
+        pad = np.zeros((batch_size - real,) + part.shape[1:], dtype=part.dtype)
+        part = np.concatenate([part, pad], axis=0)
+      batch[k] = part
+    batch["mask"] = np.arange(batch_size) < real
+    yield batch

@@ -1,0 +1,58 @@
+"""PNG plots of retrieval curves (one line per retrieval direction).
+
+Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so
+importing this module never changes the caller's matplotlib backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _save(x_by_direction: Mapping[str, np.ndarray],
+          y_by_direction: Mapping[str, np.ndarray], path: str, *,
+          xlabel: str, ylabel: str, title: str, marker: str = "o") -> str:
+  """Draws one labelled line per direction and writes the PNG to `path`."""
+  fig = Figure(figsize=(5, 4), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  for name in x_by_direction:
+    ax.plot(np.asarray(x_by_direction[name], np.float64),
+            np.asarray(y_by_direction[name], np.float64), marker=marker,
+            markersize=3, label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(True, alpha=0.3)
+  ax.legend(title="direction")
+  fig.tight_layout()
+  fig.savefig(path, format="png")
+  return path
+
+
+def plot_pr_by_radius(results: Mapping[str, Mapping], path: str) -> str:
+  """Precision vs recall of items within Hamming radius 0..K."""
+  return _save({k: v["pr_by_radius"]["recall"] for k, v in results.items()},
+               {k: v["pr_by_radius"]["precision"] for k, v in results.items()},
+               path, xlabel="recall", ylabel="precision",
+               title="PR by Hamming radius")
+
+
+def plot_topn_pr(results: Mapping[str, Mapping], path: str) -> str:
+  """Precision vs recall at the top-N cut-offs."""
+  return _save({k: v["topn_curve"]["recall"] for k, v in results.items()},
+               {k: v["topn_curve"]["precision"] for k, v in results.items()},
+               path, xlabel="recall", ylabel="precision",
+               title="PR at top-N cut-offs")
+
+
+def plot_precision_at_n(results: Mapping[str, Mapping], path: str) -> str:
+  """Precision@N against N."""
+  return _save({k: v["precision_at"]["n"] for k, v in results.items()},
+               {k: v["precision_at"]["precision"] for k, v in results.items()},
+               path, xlabel="N (top-ranked items)", ylabel="precision@N",
+               title="Precision@N")

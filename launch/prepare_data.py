@@ -1,0 +1,62 @@
+"""Builds the TFDS dataset of a benchmark or synthetic preset; prints a summary.
+
+  nhj-prepare-data --dataset=demo
+  nhj-prepare-data --dataset=mirflickr25k --data_dir=/data/mir --layout=ucch \
+      --noise_protocol=scbch --noise_rate=0.5
+"""
+
+from absl import app
+from absl import flags
+
+from common.data import prepare
+
+_DATASET = flags.DEFINE_string(
+    "dataset", "synthetic_demo",
+    "Benchmark (mirflickr25k, nuswide21, nuswide10, mscoco, iaprtc12) or "
+    "synthetic preset (synthetic_<preset> or synthetic:<preset>; tiny and "
+    "demo may be bare).")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Folder with the benchmark's files (benchmarks only).")
+_LAYOUT = flags.DEFINE_enum(
+    "layout", None, ["ucch", "scbch_h5", "dcgmh_mat"],
+    "File layout; detected from the files present when unset.")
+_QUERY_SIZE = flags.DEFINE_integer(
+    "query_size", None, "Query items (ucch layout; default: SCBCH split).")
+_TRAIN_SIZE = flags.DEFINE_integer(
+    "train_size", None, "Training items (ucch layout; default: SCBCH split).")
+_TFDS_DIR = flags.DEFINE_string(
+    "tfds_dir", "~/tensorflow_datasets", "TFDS data dir to write to.")
+_NOISE_PROTOCOL = flags.DEFINE_enum(
+    "noise_protocol", "scbch", ["scbch", "dcgmh", "symmetric"],
+    "Noise protocol for the optional noise statistics.")
+_NOISE_RATE = flags.DEFINE_float(
+    "noise_rate", None, "If set, print the statistics of one noise draw.")
+_NOISE_SEED = flags.DEFINE_integer("noise_seed", 0, "Seed of the noise draw.")
+_SUMMARY_ONLY = flags.DEFINE_bool(
+    "summary_only", False, "Only print the summary; write nothing.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Rebuild even if the TFDS dataset already exists.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    report = prepare.prepare_data(
+        _DATASET.value, tfds_dir=_TFDS_DIR.value, data_dir=_DATA_DIR.value,
+        layout=_LAYOUT.value, query_size=_QUERY_SIZE.value,
+        train_size=_TRAIN_SIZE.value, noise_protocol=_NOISE_PROTOCOL.value,
+        noise_rate=_NOISE_RATE.value, noise_seed=_NOISE_SEED.value,
+        summary_only=_SUMMARY_ONLY.value, overwrite=_OVERWRITE.value)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    raise app.UsageError(str(e.args[0]) if e.args else str(e)) from e
+  print(report)
+
+
+def run():
+  """Console-script entry point (nhj-prepare-data)."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
