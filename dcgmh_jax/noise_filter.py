@@ -1,0 +1,453 @@
+"""DCGMH's center-similarity noise filter, memory bank and label reconstruction.
+
+All functions work on the global batch with static shapes: subsets are
+boolean masks of shape (B,), counts that depend on data (⌊τ·B⌋) are realised
+through ranks, never through dynamic-size gathers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dcgmh_jax import losses
+
+Array = jax.Array
+
+# κ of an item with an empty observed label row: the smallest value a cosine
+# can take, so such items sort with the least consistent ones (flagged
+# first, ties by batch position) while κ stays finite for the τ estimate.
+EMPTY_ROW_SCORE = -1.0
+# Resolution to which τ is rounded before ⌊τ·B⌋ is computed in integers.
+_RATIO_SCALE = 1_000_000
+# Variance floor of the mixture fit (κ lives in [−1, 1]).
+_GMM_VAR_FLOOR = 1e-6
+_MAX_ESTIMATED_RATIO = 0.95
+
+
+def _check_rank(name: str, x, rank: int) -> None:
+  if jnp.ndim(x) != rank:
+    raise ValueError(
+        f"`{name}` must have rank {rank}, got shape {jnp.shape(x)}.")
+
+
+def _check_vector(name: str, x, length: int) -> None:
+  if jnp.shape(x) != (length,):
+    raise ValueError(
+        f"`{name}` must have shape ({length},), got {jnp.shape(x)}.")
+
+
+def _valid_mask(valid, batch: int) -> Array:
+  if valid is None:
+    return jnp.ones((batch,), bool)
+  _check_vector("valid", valid, batch)
+  return jnp.asarray(valid).astype(bool)
+
+
+def center_similarity(h: Array, centers: Array) -> Array:
+  """s_ij = cos(h_i, c_j) = ĥ_i·ĉ_j with ĥ, ĉ l2-normalised (eps 1e-12).
+
+  Args:
+    h: (B, K) continuous codes.
+    centers: (C, K) class centers.
+
+  Returns:
+    (B, C) cosine similarities.
+  """
+  _check_rank("h", h, 2)
+  _check_rank("centers", centers, 2)
+  if h.shape[1] != centers.shape[1]:
+    raise ValueError(
+        f"`h` has {h.shape[1]} bits but `centers` has {centers.shape[1]}.")
+  return losses.l2_normalize(h) @ losses.l2_normalize(centers).T
+
+
+def consistency_scores(sim: Array, labels: Array) -> Array:
+  """Label/similarity consistency κ_i = Σ_j y_ij s_ij / Σ_j y_ij.
+
+  An empty label row (where the release divides by zero) gets
+  EMPTY_ROW_SCORE = −1, the minimum possible cosine: it sorts with the
+  least consistent items and stays finite.
+
+  Args:
+    sim: (B, C) center similarities s.
+    labels: (B, C) observed binary labels ỹ.
+
+  Returns:
+    (B,) scores κ.
+  """
+  _check_rank("sim", sim, 2)
+  if jnp.shape(labels) != sim.shape:
+    raise ValueError(
+        f"`labels` shape {jnp.shape(labels)} must equal `sim` shape "
+        f"{sim.shape}.")
+  y = jnp.asarray(labels).astype(sim.dtype)
+  count = y.sum(axis=1)
+  mean = (y * sim).sum(axis=1) / jnp.maximum(count, 1.0)
+  return jnp.where(count > 0, mean, jnp.asarray(EMPTY_ROW_SCORE, sim.dtype))
+
+
+def noisy_count(noise_ratio, num_valid) -> Array:
+  """n = ⌊τ·B⌋ in exact integer arithmetic, τ rounded to 6 decimals.
+
+  Rounding τ first makes decimal ratios behave as written (⌊0.29·100⌋ = 29,
+  where float arithmetic gives 28); τ is clipped to [0, 1].
+  """
+  scaled = jnp.round(jnp.clip(jnp.asarray(noise_ratio, jnp.float32), 0.0, 1.0)
+                     * _RATIO_SCALE).astype(jnp.int32)
+  num_valid = jnp.asarray(num_valid, jnp.int32)
+  # scaled·B / 10⁶ split as (hi·1000 + lo)·B / 10⁶ so nothing overflows int32.
+  hi, lo = scaled // 1000, scaled % 1000
+  q1, r1 = hi * num_valid // 1000, hi * num_valid % 1000
+  return q1 + (r1 * 1000 + lo * num_valid) // _RATIO_SCALE
+
+
+def flag_noisy(scores: Array, noise_ratio, valid: Array | None = None) -> Array:
+  """Flags the ⌊τ·B⌋ lowest-κ valid items of the batch as noisy.
+
+  B is the number of valid items; invalid items are never flagged. Ties in κ
+  are broken by batch position (the lower position is flagged first), so the
+  count is exactly ⌊τ·B⌋ and the choice deterministic. τ may be traced: the
+  mask is rank_i < ⌊τ·B⌋ with rank the position of item i in the order
+  (invalid last, κ ascending, position ascending).
+
+  Args:
+    scores: (B,) consistency scores κ (finite).
+    noise_ratio: τ ∈ [0, 1], Python float or traced scalar.
+    valid: optional (B,) mask of real (non-padding) items.
+
+  Returns:
+    (B,) bool mask, True = noisy.
+  """
+  _check_rank("scores", scores, 1)
+  batch = scores.shape[0]
+  if (isinstance(noise_ratio, (int, float, np.number))
+      and not 0.0 <= noise_ratio <= 1.0):
+    raise ValueError(f"`noise_ratio` must be in [0, 1], got {noise_ratio}.")
+  ok = _valid_mask(valid, batch)
+  positions = jnp.arange(batch)
+  order = jnp.lexsort((positions, scores, ~ok))
+  rank = jnp.zeros((batch,), jnp.int32).at[order].set(
+      jnp.arange(batch, dtype=jnp.int32))
+  return ok & (rank < noisy_count(noise_ratio, ok.sum()))
+
+
+def init_bank(num_items: int, num_classes: int, *,
+              key: Array | None = None) -> tuple[Array, Array]:
+  """A fresh memory bank: (bank_sim (N, C) float32, bank_clean (N,) bool).
+
+  bank_clean starts all True. bank_sim is N(0, 1) noise drawn from `key`
+  (the release's torch.randn initialisation) or zeros when key is None.
+  """
+  if num_items < 1 or num_classes < 1:
+    raise ValueError(
+        f"`num_items` ({num_items}) and `num_classes` ({num_classes}) must be "
+        "positive.")
+  if key is None:
+    bank_sim = jnp.zeros((num_items, num_classes), jnp.float32)
+  else:
+    bank_sim = jax.random.normal(key, (num_items, num_classes), jnp.float32)
+  return bank_sim, jnp.ones((num_items,), bool)
+
+
+def update_bank(bank_sim: Array, bank_clean: Array, indices: Array,
+                sim: Array, noisy: Array, *, valid: Array | None = None,
+                refresh_clean: bool = False) -> tuple[Array, Array]:
+  """Writes the batch's filter decisions into the memory bank.
+
+  For each valid batch item i with bank row n = indices[i]:
+    bank_sim[n]   = 0 if noisy_i else stop_gradient(s_i)
+    bank_clean[n] = 0 if noisy_i else (1 if refresh_clean else bank_clean[n])
+  The release never resets a flag (refresh_clean=False), so its clean set
+  only shrinks. Invalid (padding) items write nothing. Assumes the indices of
+  the valid items are distinct within a batch (one epoch permutation never
+  repeats an item); with duplicates, which write wins is unspecified.
+
+  Args:
+    bank_sim: (N, C) stored similarity rows.
+    bank_clean: (N,) clean flags (bool or 0/1; dtype preserved).
+    indices: (B,) global item indices into the bank.
+    sim: (B, C) current center similarities.
+    noisy: (B,) bool noisy flags.
+    valid: optional (B,) mask of real items.
+    refresh_clean: whether an item judged clean now is marked clean again.
+
+  Returns:
+    Updated (bank_sim, bank_clean).
+  """
+  _check_rank("bank_sim", bank_sim, 2)
+  _check_rank("sim", sim, 2)
+  num_items = bank_sim.shape[0]
+  batch = sim.shape[0]
+  if sim.shape[1] != bank_sim.shape[1]:
+    raise ValueError(
+        f"`sim` has {sim.shape[1]} classes but `bank_sim` has "
+        f"{bank_sim.shape[1]}.")
+  _check_vector("bank_clean", bank_clean, num_items)
+  _check_vector("indices", indices, batch)
+  _check_vector("noisy", noisy, batch)
+  if not isinstance(indices, jax.core.Tracer):
+    idx = np.asarray(indices)
+    if idx.size and (idx.min() < 0 or idx.max() >= num_items):
+      raise ValueError(
+          f"`indices` must lie in [0, {num_items}), got range "
+          f"[{idx.min()}, {idx.max()}].")
+  ok = _valid_mask(valid, batch)
+  noisy = jnp.asarray(noisy).astype(bool)
+  # Invalid rows scatter out of bounds and are dropped.
+  target = jnp.where(ok, jnp.asarray(indices), num_items)
+  rows = jnp.where(noisy[:, None], 0.0,
+                   jax.lax.stop_gradient(sim)).astype(bank_sim.dtype)
+  bank_sim = bank_sim.at[target].set(rows, mode="drop")
+  current = bank_clean[jnp.clip(target, 0, num_items - 1)].astype(bool)
+  keep = current | refresh_clean
+  flags = (~noisy & keep).astype(bank_clean.dtype)
+  bank_clean = bank_clean.at[target].set(flags, mode="drop")
+  return bank_sim, bank_clean
+
+
+def reconstruct_labels(noisy_sim: Array, bank_sim: Array, bank_clean: Array,
+                       bank_labels: Array, *, k: int = 2,
+                       noisy: Array | None = None,
+                       self_indices: Array | None = None,
+                       labels: Array | None = None) -> tuple[Array, Array]:
+  """Label reconstruction of noisy items from their bank neighbours.
+
+  For each noisy item i: the k bank rows n with the largest <s_i, bank_sim_n>
+  (ties → lower bank index; the item's own row excluded when self_indices is
+  given, recommended: right after the bank update a noisy item's own row is
+  0 and would otherwise be a spurious neighbour). Item i is reconstructed
+  iff all k neighbours have bank_clean = 1 AND their observed labels are
+  identical AND non-empty; it then gets that label. Otherwise it is
+  unlabeled. bank_labels are the OBSERVED (noisy) training labels; the
+  release instead compares clean ground-truth label ids, which leaks the
+  ground truth.
+
+  Rows not reconstructed (clean items, unlabeled items) keep their own
+  observed labels: `labels` if given, else bank_labels[self_indices]; one of
+  the two is required.
+
+  Args:
+    noisy_sim: (B, C) center similarities of the batch.
+    bank_sim: (N, C) memory bank rows.
+    bank_clean: (N,) clean flags.
+    bank_labels: (N, C) observed binary training labels.
+    k: number of neighbours (static).
+    noisy: optional (B,) mask of items to reconstruct; None = all.
+    self_indices: optional (B,) bank index of each batch item.
+    labels: optional (B, C) observed labels of the batch items.
+
+  Returns:
+    (new_labels (B, C) in bank_labels' dtype, reconstructed (B,) bool).
+  """
+  _check_rank("noisy_sim", noisy_sim, 2)
+  _check_rank("bank_sim", bank_sim, 2)
+  batch, num_classes = noisy_sim.shape
+  num_items = bank_sim.shape[0]
+  if bank_sim.shape[1] != num_classes:
+    raise ValueError(
+        f"`bank_sim` has {bank_sim.shape[1]} classes but `noisy_sim` has "
+        f"{num_classes}.")
+  _check_vector("bank_clean", bank_clean, num_items)
+  if jnp.shape(bank_labels) != (num_items, num_classes):
+    raise ValueError(
+        f"`bank_labels` must have shape ({num_items}, {num_classes}), got "
+        f"{jnp.shape(bank_labels)}.")
+  available = num_items - (0 if self_indices is None else 1)
+  if not 1 <= k <= available:
+    raise ValueError(
+        f"`k` must be in [1, {available}] for a bank of {num_items} rows"
+        f"{' excluding self' if self_indices is not None else ''}, got {k}.")
+  if labels is None and self_indices is None:
+    raise ValueError(
+        "reconstruct_labels needs `labels` or `self_indices` to return the "
+        "unchanged labels of rows that are not reconstructed.")
+  if labels is not None and jnp.shape(labels) != (batch, num_classes):
+    raise ValueError(
+        f"`labels` must have shape ({batch}, {num_classes}), got "
+        f"{jnp.shape(labels)}.")
+  if self_indices is not None:
+    _check_vector("self_indices", self_indices, batch)
+  noisy = (jnp.ones((batch,), bool) if noisy is None
+           else jnp.asarray(noisy).astype(bool))
+  _check_vector("noisy", noisy, batch)
+
+  dots = noisy_sim @ bank_sim.T
+  if self_indices is not None:
+    self_col = jnp.asarray(self_indices)[:, None]
+    is_self = jnp.arange(num_items)[None, :] == self_col
+    dots = jnp.where(is_self, -jnp.inf, dots)
+  _, neighbours = jax.lax.top_k(dots, k)
+  neighbour_labels = jnp.asarray(bank_labels)[neighbours]
+  first = neighbour_labels[:, 0, :]
+  all_clean = jnp.all(jnp.asarray(bank_clean)[neighbours].astype(bool), axis=1)
+  agree = jnp.all(neighbour_labels == first[:, None, :], axis=(1, 2))
+  non_empty = jnp.any(first != 0, axis=1)
+  reconstructed = noisy & all_clean & agree & non_empty
+  own = (jnp.asarray(labels) if labels is not None
+         else jnp.asarray(bank_labels)[jnp.asarray(self_indices)])
+  new_labels = jnp.where(reconstructed[:, None], first,
+                         own.astype(first.dtype))
+  return new_labels, reconstructed
+
+
+def estimate_noise_ratio(scores: Array, valid: Array | None = None, *,
+                         num_iters: int = 100) -> Array:
+  """Estimates τ from κ with a two-component 1-D Gaussian mixture.
+
+  EM for p(κ) = π₀ N(μ₀, σ₀²) + π₁ N(μ₁, σ₁²), a fixed number of iterations,
+  initialised deterministically: μ₀, μ₁ = the 25% / 75% quantiles of κ,
+  σ₀² = σ₁² = var(κ)/4, π = ½ (variances floored at 1e-6). The component with
+  the lower final mean is the noisy one, and
+
+    τ̂ = (1/B) Σ_i [p(low | κ_i) > ½],   clipped to [0, 0.95].
+
+  (The fraction of items assigned to the low component, not its mixture
+  weight: with no separation, e.g. all κ equal, the two components coincide,
+  no posterior exceeds ½ and τ̂ = 0 rather than ½.) B = number of valid
+  items; τ̂ = 0 when B = 0.
+
+  Args:
+    scores: (B,) consistency scores κ.
+    valid: optional (B,) mask of real items.
+    num_iters: EM iterations (static).
+
+  Returns:
+    Scalar float32 τ̂.
+  """
+  _check_rank("scores", scores, 1)
+  if num_iters < 1:
+    raise ValueError(f"`num_iters` must be >= 1, got {num_iters}.")
+  batch = scores.shape[0]
+  ok = _valid_mask(valid, batch)
+  w = ok.astype(jnp.float32)
+  x = jnp.where(ok, jnp.asarray(scores, jnp.float32), 0.0)
+  n = w.sum()
+  safe_n = jnp.maximum(n, 1.0)
+  masked = jnp.where(ok, x, jnp.nan)
+  q25, q75 = jnp.nanquantile(masked, jnp.array([0.25, 0.75]))
+  q25, q75 = jnp.nan_to_num(q25), jnp.nan_to_num(q75)
+  overall_var = (w * (x - (w * x).sum() / safe_n) ** 2).sum() / safe_n
+  init_var = jnp.maximum(overall_var / 4.0, _GMM_VAR_FLOOR)
+  init = (jnp.stack([q25, q75]), jnp.stack([init_var, init_var]),
+          jnp.full((2,), 0.5, jnp.float32))
+
+  def log_joint(params):
+    mean, var, weight = params
+    return (jnp.log(weight)[None, :] - 0.5 * jnp.log(2 * jnp.pi * var)[None, :]
+            - 0.5 * (x[:, None] - mean[None, :]) ** 2 / var[None, :])
+
+  def posteriors(params):
+    lj = log_joint(params)
+    return jnp.exp(lj - jax.nn.logsumexp(lj, axis=1, keepdims=True))
+
+  def em_step(_, params):
+    resp = posteriors(params) * w[:, None]
+    mass = resp.sum(axis=0)
+    safe_mass = jnp.maximum(mass, 1e-12)
+    mean = (resp * x[:, None]).sum(axis=0) / safe_mass
+    var = (resp * (x[:, None] - mean[None, :]) ** 2).sum(axis=0) / safe_mass
+    mean = jnp.where(mass > 1e-12, mean, params[0])
+    var = jnp.maximum(jnp.where(mass > 1e-12, var, params[1]), _GMM_VAR_FLOOR)
+    weight = jnp.clip(mass / safe_n, 1e-6, 1.0)
+    return mean, var, weight / weight.sum()
+
+  params = jax.lax.fori_loop(0, num_iters, em_step, init)
+  low = jnp.argmin(params[0])
+  lj = log_joint(params)
+  # p(low | κ) > ½  ⟺  log joint of low > that of high; comparing the log
+  # joints directly keeps identical components (posteriors exactly ½) at 0.
+  assigned_low = lj[:, low] > lj[:, 1 - low]
+  fraction = (assigned_low & ok).sum() / safe_n
+  return jnp.clip(fraction, 0.0, _MAX_ESTIMATED_RATIO).astype(jnp.float32)
+
+
+def filter_diagnostics(noisy_mask: Array, reconstructed_mask: Array,
+                       new_labels: Array, truly_corrupted: Array,
+                       clean_labels: Array,
+                       valid: Array | None = None) -> dict[str, Array]:
+  """Counts (not ratios) describing the filter on one batch.
+
+  All counts are over valid items, int32, so a step can psum them and a loop
+  sum them over an epoch:
+    items, corrupted (truly corrupted), flagged (noisy_mask),
+    true_positives (flagged ∧ corrupted), reconstructed,
+    reconstructed_correct (reconstructed ∧ new label == clean label),
+    unlabeled (flagged ∧ ¬reconstructed).
+
+  Args:
+    noisy_mask: (B,) items flagged noisy.
+    reconstructed_mask: (B,) items given a reconstructed label.
+    new_labels: (B, C) labels after reconstruction.
+    truly_corrupted: (B,) whether the observed label differs from the clean.
+    clean_labels: (B, C) clean ground-truth labels (diagnostics only).
+    valid: optional (B,) mask of real items.
+
+  Returns:
+    dict of scalar int32 counts.
+  """
+  _check_rank("noisy_mask", noisy_mask, 1)
+  batch = noisy_mask.shape[0]
+  for name, vec in (("reconstructed_mask", reconstructed_mask),
+                    ("truly_corrupted", truly_corrupted)):
+    _check_vector(name, vec, batch)
+  _check_rank("new_labels", new_labels, 2)
+  if jnp.shape(clean_labels) != jnp.shape(new_labels) or (
+      new_labels.shape[0] != batch):
+    raise ValueError(
+        f"`new_labels` {jnp.shape(new_labels)} and `clean_labels` "
+        f"{jnp.shape(clean_labels)} must both have shape ({batch}, C).")
+  ok = _valid_mask(valid, batch)
+  flagged = jnp.asarray(noisy_mask).astype(bool) & ok
+  rec = jnp.asarray(reconstructed_mask).astype(bool) & ok
+  corrupted = jnp.asarray(truly_corrupted).astype(bool) & ok
+  equal = jnp.all(jnp.asarray(new_labels) == jnp.asarray(clean_labels), axis=1)
+
+  def count(x):
+    return x.sum().astype(jnp.int32)
+
+  return {
+      "items": count(ok),
+      "corrupted": count(corrupted),
+      "flagged": count(flagged),
+      "true_positives": count(flagged & corrupted),
+      "reconstructed": count(rec),
+      "reconstructed_correct": count(rec & equal),
+      "unlabeled": count(flagged & ~rec),
+  }
+
+
+def diagnostics_ratios(sums: Mapping[str, object]) -> dict[str, float]:
+  """Turns (epoch-)summed filter_diagnostics counts into ratios.
+
+    precision = true_positives / flagged
+    recall = true_positives / corrupted
+    flagged_fraction = flagged / items
+    reconstructed_fraction = reconstructed / flagged
+    reconstruction_accuracy = reconstructed_correct / reconstructed
+    unlabeled_fraction = unlabeled / flagged
+  A ratio with a zero denominator is 0.0 (never NaN, so it cannot trip a
+  NaN guard); the raw sums disambiguate.
+  """
+  required = ("items", "corrupted", "flagged", "true_positives",
+              "reconstructed", "reconstructed_correct", "unlabeled")
+  missing = [name for name in required if name not in sums]
+  if missing:
+    raise KeyError(f"diagnostics_ratios: missing count(s) {missing}.")
+  s = {name: float(np.asarray(sums[name])) for name in required}
+
+  def ratio(num, den):
+    return s[num] / s[den] if s[den] > 0 else 0.0
+
+  return {
+      "precision": ratio("true_positives", "flagged"),
+      "recall": ratio("true_positives", "corrupted"),
+      "flagged_fraction": ratio("flagged", "items"),
+      "reconstructed_fraction": ratio("reconstructed", "flagged"),
+      "reconstruction_accuracy": ratio("reconstructed_correct",
+                                       "reconstructed"),
+      "unlabeled_fraction": ratio("unlabeled", "flagged"),
+  }
