@@ -83,9 +83,9 @@ class Checkpointer:
         force=True,
     )
 
-  def restore(self, step: int, *, state_template: PyTree,
-              extras_template: Mapping[str, Any]) -> tuple[PyTree, dict, dict]:
-    """Restores checkpoint `step` into the structure of the templates (host arrays)."""
+  def restore(self, step: int, *, state_template: PyTree) -> tuple[PyTree, dict, dict]:
+    """Restores checkpoint `step`: state in the structure of `state_template`,
+    extras as saved (an epoch-boundary checkpoint has none), and meta."""
     if step not in self.all_steps():
       raise FileNotFoundError(
           f"no checkpoint for step {step} in {self.directory} "
@@ -94,11 +94,11 @@ class Checkpointer:
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(state_template)),
-            extras=ocp.args.StandardRestore(_abstract(_extras_item(extras_template))),
+            extras=ocp.args.StandardRestore(),
             meta=ocp.args.JsonRestore(),
         ),
     )
-    extras = {k: np.asarray(v) for k, v in restored["extras"]["arrays"].items()}
+    extras = {k: np.asarray(v) for k, v in restored["extras"].get("arrays", {}).items()}
     return restored["state"], extras, dict(restored["meta"])
 
   def read_meta(self, step: int) -> dict:

@@ -21,7 +21,8 @@ from absl import logging
 from common import evaluation
 from common.data import Split, Splits
 from common import data as data_lib
-from common.train_loop import LoopConfig, SELECTION_MODES, with_settings
+from common.train_loop import (LoopConfig, SELECTION_MODES, restore_for_eval, train,
+                               with_settings)
 
 FLAGS = flags.FLAGS
 NOISE_PROTOCOLS = ("scbch", "dcgmh", "symmetric", "release", "none")
@@ -77,6 +78,11 @@ def define_loop_flags(*, epochs: int, batch_size: int, eval_every: int) -> None:
                        "split when --selection=val (the rest of the training split "
                        "is the validation database; labels are the noisy ones).")
   flags.DEFINE_bool("progress", True, "Show a progress bar.")
+  flags.DEFINE_bool("eval_only", False,
+                    "Do not train: evaluate a checkpoint of --workdir (see --eval_step) "
+                    "and write its results and codes.")
+  flags.DEFINE_integer("eval_step", None, "With --eval_only: the checkpoint's global "
+                       "step (default: best when selecting, else latest).")
   flags.DEFINE_string("coordinator_address", None,
                       "Multi-host: host:port of process 0 (jax.distributed).")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
@@ -235,23 +241,45 @@ def run_flags(names: Iterable[str]) -> dict[str, Any]:
   return {name: FLAGS[name].value for name in names}
 
 
+def train_or_restore(method: Any, arrays: Mapping[str, np.ndarray], loop: LoopConfig,
+                     run_flag_names: Iterable[str]) -> tuple[Any, dict]:
+  """Trains (resuming if possible), or with --eval_only restores a checkpoint.
+
+  Returns (state, results) of the selected checkpoint.
+  """
+  flag_values = run_flags(run_flag_names)
+  if FLAGS.eval_only:
+    state, step = restore_for_eval(method, loop, step=FLAGS.eval_step,
+                                   flags=flag_values)
+    results, _ = method.evaluate(state, "test")
+    return state, with_settings(results, selection=f"checkpoint {step} (--eval_only)",
+                                selected_step=step)
+  if FLAGS.eval_step is not None:
+    raise flags.ValidationError("--eval_step needs --eval_only")
+  result = train(method, arrays, loop, flags=flag_values)
+  return result.state, result.results
+
+
 def finish(results: Mapping[str, Any], *, workdir: str, method: str,
-           dataset_name: str, extra: Mapping[str, Any]) -> None:
-  """Writes results JSON + PNG curves and prints the final table (process 0)."""
+           dataset_name: str, extra: Mapping[str, Any],
+           codes: Mapping[str, np.ndarray]) -> None:
+  """Writes results JSON + PNG curves + codes .npz; prints the final table (process 0)."""
   if jax.process_index() != 0:
     return
+  codes_path = os.path.join(workdir, f"{method}_codes.npz")
+  np.savez(codes_path, **codes)
   results = with_settings(results, method=method, dataset=dataset_name, **extra)
   paths = evaluation.write_results(results, workdir, prefix=f"{method}_final")
   selection = results["settings"].get("selection", "last")
   note = {"last": "last epoch",
           "val": "best epoch on the validation split",
           "test_queries": "best epoch ON THE TEST QUERIES (release protocol; optimistic)"
-          }[selection]
+          }.get(selection, selection)
   print(f"\n{method.upper()} final results on {dataset_name} ({note}):")
   if dataset_name.startswith("synthetic"):
     print("  (synthetic data: a demo of the pipeline, not a benchmark result)")
   print(evaluation.format_table(results))
-  print("written: " + ", ".join(sorted(str(p) for p in paths.values())))
+  print("written: " + ", ".join(sorted([str(p) for p in paths.values()] + [codes_path])))
   with open(os.path.join(workdir, "run_summary.json"), "w", encoding="utf-8") as f:
     json.dump({"method": method, "dataset": dataset_name, **extra,
                "selection": selection}, f, indent=2, default=str)

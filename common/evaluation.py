@@ -75,6 +75,13 @@ def evaluate_cross_modal(image_query, text_query, image_db, text_db,
                 precision_ns=precision_ns, num_points=num_points)
   _same_rows("image_query", image_query, "text_query", text_query)
   _same_rows("image_db", image_db, "text_db", text_db)
+  # Both directions are checked before either is computed.
+  metrics.check_inputs(image_query, text_db, query_labels, db_labels,
+                       names=("image_query", "text_db", "query_labels",
+                              "db_labels"))
+  metrics.check_inputs(text_query, image_db, query_labels, db_labels,
+                       names=("text_query", "image_db", "query_labels",
+                              "db_labels"))
   return {
       _SETTINGS: _settings(ties, empty_queries, topk, precision_ns,
                            num_points),
@@ -152,7 +159,8 @@ def write_results(results: Mapping, out_dir: str, *, prefix: str
     {"json", "pr_radius", "topn_pr", "precision_at_n"} -> file path.
   """
   if not prefix or os.sep in prefix or (os.altsep and os.altsep in prefix):
-    raise ValueError(f"prefix must be a plain file-name prefix; got {prefix!r}.")
+    raise ValueError(
+        f"prefix must be a plain file-name prefix; got {prefix!r}.")
   names = directions(results)
   if not names:
     raise ValueError("results holds no direction to write.")

@@ -126,23 +126,30 @@ class _Packed:
     return self.db_codes.shape[1]
 
 
-def _prepare(query_codes, db_codes, query_labels, db_labels) -> _Packed:
-  """Validates shapes and values, then packs codes and labels into words."""
-  q_bits = _check_codes("query_codes", query_codes)
-  db_bits = _check_codes("db_codes", db_codes)
-  q_lab = _check_labels("query_labels", query_labels)
-  db_lab = _check_labels("db_labels", db_labels)
+_NAMES = ("query_codes", "db_codes", "query_labels", "db_labels")
+
+
+def _prepare(query_codes, db_codes, query_labels, db_labels, *,
+             names: Sequence[str] = _NAMES) -> _Packed:
+  """Validates shapes and values, then packs codes and labels into words.
+
+  `names` are the four argument names used in error messages.
+  """
+  q_name, db_name, ql_name, dl_name = names
+  q_bits = _check_codes(q_name, query_codes)
+  db_bits = _check_codes(db_name, db_codes)
+  q_lab = _check_labels(ql_name, query_labels)
+  db_lab = _check_labels(dl_name, db_labels)
   if q_bits.shape[1] != db_bits.shape[1]:
     raise ValueError(
-        f"query_codes has {q_bits.shape[1]} bits but db_codes has "
+        f"{q_name} has {q_bits.shape[1]} bits but {db_name} has "
         f"{db_bits.shape[1]}.")
   if q_lab.shape[1] != db_lab.shape[1]:
     raise ValueError(
-        f"query_labels has {q_lab.shape[1]} classes but db_labels has "
+        f"{ql_name} has {q_lab.shape[1]} classes but {dl_name} has "
         f"{db_lab.shape[1]}.")
   for codes_name, codes, labels_name, labels in (
-      ("query_codes", q_bits, "query_labels", q_lab),
-      ("db_codes", db_bits, "db_labels", db_lab)):
+      (q_name, q_bits, ql_name, q_lab), (db_name, db_bits, dl_name, db_lab)):
     if codes.shape[0] != labels.shape[0]:
       raise ValueError(
           f"{codes_name} has {codes.shape[0]} rows but {labels_name} has "
@@ -153,6 +160,17 @@ def _prepare(query_codes, db_codes, query_labels, db_labels) -> _Packed:
       query_labels=_pack_words(q_lab),
       db_labels=np.ascontiguousarray(_pack_words(db_lab).T),
       num_bits=q_bits.shape[1])
+
+
+def check_inputs(query_codes, db_codes, query_labels, db_labels, *,
+                 names: Sequence[str] = _NAMES) -> None:
+  """Raises ValueError naming the argument if the inputs cannot be scored.
+
+  Checks: 2-D, non-empty, finite; codes only -1/+1 with the same K; labels
+  only 0/1 with the same C; codes and labels with matching row counts.
+  `names` are the four argument names the messages use.
+  """
+  _prepare(query_codes, db_codes, query_labels, db_labels, names=names)
 
 
 # ----------------------------------------------------------- chunked scanning
@@ -309,7 +327,10 @@ def _bucket_gain(before, rel_before, n, r) -> np.ndarray:
 
 
 def _tie_aware_ap_all(counts: np.ndarray, rel_counts: np.ndarray) -> np.ndarray:
-  """E[AP] over tie orders: (1/n_q) sum_b g(N_<b, R_<b, n_b, r_b); NaN if n_q=0."""
+  """E[AP] over tie orders = (1/n_q) sum_b g(N_<b, R_<b, n_b, r_b).
+
+  NaN when n_q = 0.
+  """
   before = np.cumsum(counts, axis=1) - counts
   rel_before = np.cumsum(rel_counts, axis=1) - rel_counts
   total = _bucket_gain(before, rel_before, counts, rel_counts).sum(axis=1)
@@ -490,8 +511,11 @@ def _mean_or_nan(values: np.ndarray) -> float:
 
 def _precision_recall(hits: np.ndarray, cutoffs: np.ndarray,
                       num_rel: np.ndarray) -> dict:
-  """precision = mean over all queries of hits/c; recall = mean over queries
-  with >= 1 relevant item of hits/n_q (NaN when there is none)."""
+  """Mean precision and recall at each cut-off c.
+
+  precision = mean over all queries of hits/c; recall = mean over queries
+  with >= 1 relevant item of hits/n_q (NaN when there is none).
+  """
   precision = (hits / cutoffs[None, :]).mean(axis=0)
   has_rel = num_rel > 0
   if np.any(has_rel):

@@ -105,9 +105,6 @@ class Method(Protocol):
   def phase(self, epoch: int) -> Hashable:
     """The static phase of an epoch (one compilation per distinct value)."""
 
-  def extras_template(self) -> dict[str, np.ndarray]:
-    """Zero arrays shaped like epoch_extras' output ({} if none)."""
-
   def epoch_extras(self, state: PyTree, epoch: int) -> dict[str, np.ndarray]:
     """Per-item arrays (N rows) for this epoch, indexed by batch["index"]."""
 
@@ -173,7 +170,6 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
                                  max_phases=method.num_phases)
 
   state = method.init_state()
-  extras_template = method.extras_template()
   extras: dict[str, np.ndarray] | None = None
   start_epoch, start_step = 0, 0
   latest = ckpt.latest_step()
@@ -182,8 +178,7 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
     check_same_run(saved_meta.get("flags", {}), flags, workdir=config.workdir,
                    may_differ=("epochs", "eval_every", "checkpoint_every", "keep",
                                "log_every", "progress", "parallel"))
-    state, extras, meta = ckpt.restore(latest, state_template=state,
-                                       extras_template=extras_template)
+    state, extras, meta = ckpt.restore(latest, state_template=state)
     start_epoch, start_step = _position(meta)
     if start_step == 0:
       extras = None  # an epoch boundary: recompute as the uninterrupted run does
@@ -269,8 +264,7 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
   if config.selection != "last":
     best = ckpt.best_step()
     if best is not None and best != global_step:
-      final_state, _, _ = ckpt.restore(best, state_template=method.init_state(),
-                                       extras_template=extras_template)
+      final_state, _, _ = ckpt.restore(best, state_template=method.init_state())
       selected = best
   results, _ = method.evaluate(final_state, "test")
   results = with_settings(results, selection=config.selection, selected_step=selected)
@@ -279,6 +273,32 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
   ckpt.close()
   return LoopResult(state=final_state, results=results, selected_step=selected,
                     selection=config.selection)
+
+
+def restore_for_eval(method: Method, config: LoopConfig, *, step: int | None = None,
+                     flags: Mapping[str, Any] | None = None) -> tuple[PyTree, int]:
+  """(state, step) of checkpoint `step` in config.workdir.
+
+  The default step is the one a finished run reports: the best by score when
+  selecting, else the latest. With `flags`, a checkpoint written with other
+  settings is refused before anything is restored.
+  """
+  ckpt = Checkpointer(os.path.join(config.workdir, "checkpoints"), keep=config.keep,
+                      track_best=config.selection != "last")
+  try:
+    if step is None:
+      step = ckpt.best_step() if config.selection != "last" else None
+      step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "
+                              "(same flags, without --eval_only)")
+    if flags is not None:
+      check_same_run(ckpt.read_meta(step).get("flags", {}), flags,
+                     workdir=config.workdir, may_differ=("epochs",))
+    state, _, _ = ckpt.restore(step, state_template=method.init_state())
+  finally:
+    ckpt.close()
+  return state, step
 
 
 def with_settings(results: Mapping[str, Any], **settings) -> dict:

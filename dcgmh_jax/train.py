@@ -260,9 +260,6 @@ class DcgmhMethod:
 
   # --- per epoch ------------------------------------------------------------------
 
-  def extras_template(self) -> dict[str, np.ndarray]:
-    return {}
-
   def epoch_extras(self, state: DcgmhState, epoch: int) -> dict[str, np.ndarray]:
     return {}
 
@@ -307,6 +304,12 @@ class DcgmhMethod:
         text = np.concatenate([text, np.zeros((pad, text.shape[1]), text.dtype)])
       out.append(np.asarray(self._encode(variables, image, text))[:size - pad])
     return np.asarray(to_codes(np.concatenate(out)), np.int8)
+
+  def export_codes(self, state: DcgmhState, split: str = "test") -> dict[str, np.ndarray]:
+    """±1 fused codes + labels in launch/evaluate.py's single-direction .npz layout."""
+    query, database = self.eval_sets[split]
+    return {"query": self.codes(state, query), "db": self.codes(state, database),
+            "query_labels": query.labels, "db_labels": database.labels}
 
   def evaluate(self, state: DcgmhState, split: str) -> tuple[dict, float]:
     if split not in self.eval_sets:

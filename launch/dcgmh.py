@@ -19,7 +19,6 @@ from absl import app, flags
 
 from common import cli
 from common.data import pipeline
-from common.train_loop import train
 from dcgmh_jax import presets
 from dcgmh_jax.train import DcgmhConfig, DcgmhMethod
 
@@ -136,8 +135,9 @@ def main(argv):
             # Ground truth for the filter diagnostics only; no loss reads these.
             "truth_labels": splits.train.labels,
             "truth_corrupted": np.asarray(data.corrupted, bool)}
-  result = train(method, arrays, loop, flags=cli.run_flags(RUN_FLAGS + ("epochs",)))
-  cli.finish(result.results, workdir=workdir, method="dcgmh", dataset_name=splits.name,
+  state, results = cli.train_or_restore(method, arrays, loop, RUN_FLAGS + ("epochs",))
+  cli.finish(results, codes=method.export_codes(state), workdir=workdir, method="dcgmh",
+             dataset_name=splits.name,
              extra={"bits": config.bits, "noise": data.noise_summary,
                     "filter_noise_ratio": ratio, "empty_queries": "zero"})
 

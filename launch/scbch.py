@@ -18,7 +18,6 @@ from absl import app, flags
 from common import cli
 from scbch_jax import presets
 from scbch_jax.train import ScbchConfig, ScbchMethod
-from common.train_loop import train
 
 FLAGS = flags.FLAGS
 
@@ -108,8 +107,9 @@ def main(argv):
         f"{config.bits} bits; noise {data.noise_summary}")
   arrays = {"image": splits.train.image, "text": splits.train.text,
             "labels": data.train_labels}
-  result = train(method, arrays, loop, flags=cli.run_flags(RUN_FLAGS + ("epochs",)))
-  cli.finish(result.results, workdir=workdir, method="scbch", dataset_name=splits.name,
+  state, results = cli.train_or_restore(method, arrays, loop, RUN_FLAGS + ("epochs",))
+  cli.finish(results, codes=method.export_codes(state), workdir=workdir, method="scbch",
+             dataset_name=splits.name,
              extra={"bits": config.bits, "noise": data.noise_summary,
                     "empty_queries": "skip"})
 

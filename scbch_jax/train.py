@@ -165,7 +165,7 @@ class ScbchMethod:
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, **jax.lax.psum(parts, parallel.AXIS),
                "weight_mean": jax.lax.pmean(jnp.mean(extras["weight"]), parallel.AXIS),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     return state.replace(params=params, opt_state=opt_state,
                          step=state.step + 1), metrics
 
@@ -191,9 +191,6 @@ class ScbchMethod:
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
       out.append(np.asarray(fn({"params": params}, chunk))[:chunk.shape[0] - pad])
     return np.concatenate(out)
-
-  def extras_template(self) -> dict[str, np.ndarray]:
-    return {"weight": np.zeros(len(self.train_labels), np.float32)}
 
   def epoch_extras(self, state: TrainState, epoch: int) -> dict[str, np.ndarray]:
     n = len(self.train_labels)
@@ -235,6 +232,14 @@ class ScbchMethod:
   def codes(self, params: PyTree, split: Split) -> tuple[np.ndarray, np.ndarray]:
     u, v = self.encode(params, split.image, split.text)
     return np.asarray(to_codes(u), np.int8), np.asarray(to_codes(v), np.int8)
+
+  def export_codes(self, state: TrainState, split: str = "test") -> dict[str, np.ndarray]:
+    """±1 codes + labels in launch/evaluate.py's cross-modal .npz layout."""
+    query, database = self.eval_sets[split]
+    qi, qt = self.codes(state.params, query)
+    di, dt = self.codes(state.params, database)
+    return {"image_query": qi, "text_query": qt, "image_db": di, "text_db": dt,
+            "query_labels": query.labels, "db_labels": database.labels}
 
   def evaluate(self, state: TrainState, split: str) -> tuple[dict, float]:
     if split not in self.eval_sets:

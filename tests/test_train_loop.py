@@ -70,15 +70,18 @@ def _assert_same_params(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("crash_step", [11, 16])  # mid-epoch 2; epoch-2 boundary
-def test_scbch_kill_and_resume_reaches_the_same_params(tmp_path, crash_step):
+# 8 steps per epoch: resume from a mid-epoch checkpoint (step 9, CSCC weights
+# restored, not recomputed) and from an epoch-boundary one (step 16).
+@pytest.mark.parametrize("crash_step,checkpoint_every", [(11, 3), (20, 0)])
+def test_scbch_kill_and_resume_reaches_the_same_params(tmp_path, crash_step,
+                                                       checkpoint_every):
   arrays = _arrays(NOISY, CORRUPTED)
   whole = train(_scbch(), arrays, _config(tmp_path / "whole"), log=lambda _: None)
+  killed = _config(tmp_path / "killed", checkpoint_every=checkpoint_every)
   with pytest.raises(_Crash):
-    train(_scbch(), arrays, _config(tmp_path / "killed"), on_step=_crash_at(crash_step),
-          log=lambda _: None)
+    train(_scbch(), arrays, killed, on_step=_crash_at(crash_step), log=lambda _: None)
   lines = []
-  resumed = train(_scbch(), arrays, _config(tmp_path / "killed"), log=lines.append)
+  resumed = train(_scbch(), arrays, killed, log=lines.append)
   assert any("resuming" in line for line in lines)
   _assert_same_params(whole.state.params, resumed.state.params)
   assert whole.results["i2t"]["map"] == resumed.results["i2t"]["map"]
