@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Iterable, Mapping
+import sys
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -89,6 +91,25 @@ def define_loop_flags(*, epochs: int, batch_size: int, eval_every: int) -> None:
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
 
 
+USER_ERRORS = (flags.ValidationError, FileNotFoundError, KeyError, ValueError,
+               FloatingPointError)
+
+
+def run_main(main: Callable[[list[str]], None]) -> None:
+  """app.run(main), printing bad input as one clear line (exit code 2) instead of
+  a traceback; set NHJ_TRACEBACK=1 to see the full trace."""
+  def guarded(argv):
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      if os.environ.get("NHJ_TRACEBACK"):
+        raise
+      message = e.args[0] if isinstance(e, KeyError) and e.args else e
+      print(f"error: {message}", file=sys.stderr)
+      sys.exit(2)
+  app.run(guarded)
+
+
 def quiet_library_logs() -> None:
   """Orbax and JAX log every checkpoint step at INFO; keep that out of the way.
 
@@ -140,6 +161,16 @@ def preset_name_for(dataset: str) -> str:
   return dataset
 
 
+def get_preset(get: Callable[[str], Any]) -> Any:
+  """The --preset (default: --dataset's) via `get`, as a flag error if unknown."""
+  name = FLAGS.preset or preset_name_for(FLAGS.dataset)
+  try:
+    return get(name)
+  except (KeyError, ValueError) as e:
+    message = e.args[0] if e.args else e
+    raise flags.ValidationError(f"--preset={name}: {message}") from None
+
+
 def resolve(preset: Any, names: Iterable[str]) -> dict[str, Any]:
   """Preset values, overridden by the flags among `names` that were given."""
   values = {}
@@ -160,29 +191,41 @@ class RunData:
   noise_summary: dict
 
 
-def load_splits() -> Splits:
-  """The three splits named by --dataset (errors name the flag that is wrong)."""
+def check_dataset_flags() -> None:
+  """Validates --dataset and the flags it needs, before anything is loaded."""
   dataset = FLAGS.dataset
-  if dataset.startswith("synthetic:"):
-    preset = dataset.split(":", 1)[1]
-    if preset not in data_lib.SYNTHETIC_PRESETS:
+  kind, _, name = dataset.partition(":")
+  if kind == "synthetic" and name:
+    if name not in data_lib.SYNTHETIC_PRESETS:
       raise flags.ValidationError(
-          f"--dataset={dataset}: unknown synthetic preset {preset!r}; expected one "
+          f"--dataset={dataset}: unknown synthetic preset {name!r}; expected one "
           f"of {sorted(data_lib.SYNTHETIC_PRESETS)}")
-    overrides = {k: v for k, v in (("query_size", FLAGS.query_size),
-                                   ("train_size", FLAGS.train_size)) if v is not None}
-    return data_lib.make_synthetic(preset, seed=FLAGS.data_seed, **overrides)
-  if dataset.startswith("tfds:"):
+  elif kind == "tfds" and name:
     if not FLAGS.tfds_dir:
       raise flags.ValidationError(f"--dataset={dataset} needs --tfds_dir")
-    return data_lib.load_tfds_splits(dataset.split(":", 1)[1], FLAGS.tfds_dir)
-  if dataset not in BENCHMARKS:
+  elif dataset in BENCHMARKS:
+    if not FLAGS.data_dir:
+      raise flags.ValidationError(f"--dataset={dataset} needs --data_dir with its files")
+    if not os.path.isdir(FLAGS.data_dir):
+      raise flags.ValidationError(f"--data_dir={FLAGS.data_dir}: no such directory")
+  else:
     raise flags.ValidationError(
         f"--dataset={dataset!r}: expected synthetic:<preset>, tfds:<config> or one "
         f"of {BENCHMARKS}")
-  if not FLAGS.data_dir:
-    raise flags.ValidationError(f"--dataset={dataset} needs --data_dir with its files")
-  return data_lib.read_benchmark(dataset, FLAGS.data_dir, layout=FLAGS.layout,
+  check_noise_flags()
+
+
+def load_splits() -> Splits:
+  """The three splits named by --dataset (checked by check_dataset_flags)."""
+  check_dataset_flags()
+  kind, _, name = FLAGS.dataset.partition(":")
+  if kind == "synthetic":
+    overrides = {k: v for k, v in (("query_size", FLAGS.query_size),
+                                   ("train_size", FLAGS.train_size)) if v is not None}
+    return data_lib.make_synthetic(name, seed=FLAGS.data_seed, **overrides)
+  if kind == "tfds":
+    return data_lib.load_tfds_splits(name, FLAGS.tfds_dir)
+  return data_lib.read_benchmark(FLAGS.dataset, FLAGS.data_dir, layout=FLAGS.layout,
                                  query_size=FLAGS.query_size,
                                  train_size=FLAGS.train_size)
 
@@ -199,7 +242,6 @@ def check_noise_flags() -> None:
 
 def load_run_data(*, selection: str, val_size: int, seed: int) -> RunData:
   """Splits + noisy training labels (+ a validation split for --selection=val)."""
-  check_noise_flags()
   splits = load_splits()
   clean = splits.train.labels
   protocol, rate = FLAGS.noise_protocol, FLAGS.noise_rate

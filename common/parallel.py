@@ -151,9 +151,10 @@ class DataParallel:
     self._traced_body = traced
     self._replicated = NamedSharding(self.mesh, P())
     self._rows = NamedSharding(self.mesh, P(AXIS))
-    # pmap's layout: a leading axis of one entry per local device.
-    self._local_stacked = NamedSharding(Mesh(np.asarray(self.local_devices), ("local",)),
-                                        P("local"))
+    # pmap's layout: a leading axis of one entry per local device, named like
+    # pmap's own outputs so step 2 sees the same input sharding (no retrace).
+    self._local_stacked = NamedSharding(Mesh(np.asarray(self.local_devices), (AXIS,)),
+                                        P(AXIS))
     if self.mode == "pmap":
       self._pmapped = jax.pmap(
           lambda s, b, e, phase: traced(s, b, e, phase=phase),

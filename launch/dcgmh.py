@@ -81,11 +81,7 @@ def parse_noise_ratio(preset: presets.DcgmhPreset) -> float | None:
 
 
 def build_config() -> tuple[DcgmhConfig, presets.DcgmhPreset]:
-  name = FLAGS.preset or cli.preset_name_for(FLAGS.dataset)
-  try:
-    preset = presets.get_preset(name)
-  except (KeyError, ValueError) as e:
-    raise flags.ValidationError(f"--preset={name}: {e}") from None
+  preset = cli.get_preset(presets.get_preset)
   values = cli.resolve(preset, HYPER)
   values["fused"] = FLAGS.fused if FLAGS.fused is not None else preset.fused
   for positive in ("bits", "hidden", "k", "lr"):
@@ -104,6 +100,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs()
   cli.init_distributed()
+  cli.check_dataset_flags()
   config, preset = build_config()
   FLAGS.epochs = FLAGS.epochs or preset.epochs
   FLAGS.batch_size = FLAGS.batch_size or preset.batch_size
@@ -143,7 +140,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == "__main__":

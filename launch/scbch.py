@@ -52,23 +52,19 @@ RUN_FLAGS = ("dataset", "data_dir", "layout", "tfds_dir", "query_size", "train_s
 
 def build_config() -> tuple[ScbchConfig, presets.ScbchPreset]:
   """Preset values overridden by the given flags; validated before any compute."""
-  name = FLAGS.preset or cli.preset_name_for(FLAGS.dataset)
-  try:
-    preset = presets.get_preset(name)
-  except (KeyError, ValueError) as e:
-    raise flags.ValidationError(f"--preset={name}: {e}") from None
+  preset = cli.get_preset(presets.get_preset)
   values = cli.resolve(preset, HYPER)
   values["cscc_block_size"] = FLAGS.cscc_block_size
-  for name_, widths in (("image_hidden", FLAGS.image_hidden),
+  for flag_name, widths in (("image_hidden", FLAGS.image_hidden),
                         ("text_hidden", FLAGS.text_hidden)):
     try:
-      values[name_] = tuple(int(w) for w in widths) if widths else tuple(
-          getattr(preset, name_))
+      values[flag_name] = tuple(int(w) for w in widths) if widths else tuple(
+          getattr(preset, flag_name))
     except ValueError:
-      raise flags.ValidationError(f"--{name_}={','.join(widths)}: widths must be "
+      raise flags.ValidationError(f"--{flag_name}={','.join(widths)}: widths must be "
                                   "integers") from None
-    if not values[name_] or min(values[name_]) < 1:
-      raise flags.ValidationError(f"--{name_}: widths must be positive")
+    if not values[flag_name] or min(values[flag_name]) < 1:
+      raise flags.ValidationError(f"--{flag_name}: widths must be positive")
   for positive in ("bits", "k", "lr", "cscc_block_size"):
     if values[positive] <= 0:
       raise flags.ValidationError(f"--{positive}={values[positive]}: must be > 0")
@@ -82,6 +78,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs()
   cli.init_distributed()
+  cli.check_dataset_flags()
   config, preset = build_config()
   FLAGS.epochs = FLAGS.epochs or preset.epochs
   FLAGS.batch_size = FLAGS.batch_size or preset.batch_size
@@ -115,7 +112,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_main(main)
 
 
 if __name__ == "__main__":

@@ -69,12 +69,13 @@ def test_driver_rejects_unknown_mode():
     parallel.DataParallel(_body, mode="pjit")
 
 
-def test_a_third_phase_is_a_recompile_error():
+@pytest.mark.parametrize("mode", parallel.PARALLEL_MODES)
+def test_repeated_phases_do_not_retrace_and_a_third_phase_is_an_error(mode):
   x = np.zeros((8, 5), np.float32)
   y = np.zeros((8, 3), np.float32)
-  dp = parallel.DataParallel(_body, mode="shard_map", max_phases=2)
+  dp = parallel.DataParallel(_body, mode=mode, max_phases=2)
   state = dp.put_state({"w": np.zeros((5, 3), np.float32), "step": np.int32(0)})
-  for phase in ["warmup", "robust"]:
+  for phase in ["warmup", "warmup", "robust", "robust", "warmup"]:
     state, _ = dp.step(state, dp.put_rows({"x": x, "y": y}),
                        dp.put_rows({"w": np.ones(8, np.float32)}), phase)
   with pytest.raises(AssertionError):

@@ -1,0 +1,74 @@
+"""The absl launchers, run as users run them (subprocesses, 8 simulated devices)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset=synthetic:tiny", "--batch_size=32", "--bits=16", "--epochs=1",
+        "--noprogress"]
+
+
+def _launch(module, *args, check=True):
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, PYTHONPATH=ROOT))
+  if check and proc.returncode:
+    raise AssertionError(f"{module} failed:\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+def test_scbch_launcher_trains_evaluates_and_resumes(tmp_path):
+  args = TINY + ["--image_hidden=32,32", "--text_hidden=32", "--parallel=pmap",
+                 f"--workdir={tmp_path}"]
+  out = _launch("launch.scbch", *args).stdout
+  assert "SCBCH final results" in out and "i2t" in out and "t2i" in out
+  assert "not a benchmark result" in out
+  results = json.load(open(tmp_path / "scbch_final_results.json"))
+  assert 0.0 <= results["i2t"]["map"] <= 1.0
+  with np.load(tmp_path / "scbch_codes.npz") as codes:
+    assert set(np.unique(codes["image_query"])) <= {-1, 1}
+  # Same command again: nothing left to train, the same results come back.
+  again = _launch("launch.scbch", *args).stdout
+  assert "resuming" in again
+  assert json.load(open(tmp_path / "scbch_final_results.json"))["i2t"]["map"] == \
+      results["i2t"]["map"]
+  # The evaluate launcher reads the codes the run wrote.
+  ev = _launch("launch.evaluate", f"--codes={tmp_path / 'scbch_codes.npz'}",
+               f"--out_dir={tmp_path / 'eval'}").stdout
+  assert f"{results['i2t']['map']:.4f}" in ev
+
+
+def test_dcgmh_launcher_with_estimated_noise_ratio(tmp_path):
+  out = _launch("launch.dcgmh", *TINY, "--hidden=32", "--fused=32", "--warmup_epochs=0",
+                "--noise_ratio=auto", f"--workdir={tmp_path}").stdout
+  assert "DCGMH final results" in out and "fused" in out
+  assert "tau estimate" in out and "filter precision" in out
+  results = json.load(open(tmp_path / "dcgmh_final_results.json"))
+  assert results["settings"]["empty_queries"] == "zero"
+
+
+@pytest.mark.parametrize("module,args,needle", [
+    ("launch.scbch", ["--dataset=nosuch"], "--dataset"),
+    ("launch.scbch", ["--dataset=mirflickr25k"], "--data_dir"),
+    ("launch.scbch", ["--dataset=synthetic:nosuch"], "synthetic preset"),
+    ("launch.scbch", ["--noise_rate=1.5"], "--noise_rate"),
+    ("launch.scbch", ["--batch_size=12"], "--batch_size"),
+    ("launch.scbch", ["--image_hidden=a,b"], "--image_hidden"),
+    ("launch.scbch", ["--selection=val", "--val_size=0"], "--val_size"),
+    ("launch.scbch", ["--eval_step=3"], "--eval_only"),
+    ("launch.scbch", ["--dataset=mirflickr25k", "--data_dir=/nonexistent"], "nonexistent"),
+    ("launch.dcgmh", ["--noise_ratio=2"], "--noise_ratio"),
+    ("launch.dcgmh", ["--preset=nosuch"], "--preset"),
+    ("launch.dcgmh", ["--noise_protocol=release"], "--noise_protocol=release"),
+])
+def test_bad_flags_fail_fast_with_a_clear_message(tmp_path, module, args, needle):
+  proc = _launch(module, *args, f"--workdir={tmp_path}", check=False)
+  assert proc.returncode == 2, proc.stderr
+  assert needle in proc.stderr, proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "checkpoints")
