@@ -11,16 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 
 from common import evaluation
+from common.entry import run_main  # noqa: F401  (re-exported for launchers)
 from common.data import Split, Splits
 from common import data as data_lib
 from common.train_loop import (LoopConfig, SELECTION_MODES, restore_for_eval, train,
@@ -89,25 +88,6 @@ def define_loop_flags(*, epochs: int, batch_size: int, eval_every: int) -> None:
                       "Multi-host: host:port of process 0 (jax.distributed).")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
-
-
-USER_ERRORS = (flags.ValidationError, FileNotFoundError, KeyError, ValueError,
-               FloatingPointError)
-
-
-def run_main(main: Callable[[list[str]], None]) -> None:
-  """app.run(main), printing bad input as one clear line (exit code 2) instead of
-  a traceback; set NHJ_TRACEBACK=1 to see the full trace."""
-  def guarded(argv):
-    try:
-      main(argv)
-    except USER_ERRORS as e:
-      if os.environ.get("NHJ_TRACEBACK"):
-        raise
-      message = e.args[0] if isinstance(e, KeyError) and e.args else e
-      print(f"error: {message}", file=sys.stderr)
-      sys.exit(2)
-  app.run(guarded)
 
 
 def quiet_library_logs() -> None:

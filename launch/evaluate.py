@@ -18,6 +18,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from common import entry
 from common import evaluation
 from common import metrics
 
@@ -59,8 +60,12 @@ _NUM_POINTS = flags.DEFINE_integer(
     "num_points", 15, "Cut-offs of the top-N PR curve.", lower_bound=2)
 _DIRECTION = flags.DEFINE_string(
     "direction", "fused", "Name of the direction for single-direction input.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "A workdir written by nhj-scbch / nhj-dcgmh: evaluates the "
+    "<method>_codes.npz its run (or its --eval_only) wrote.")
 _OUT_DIR = flags.DEFINE_string(
-    "out_dir", None, "Directory for the JSON and PNG files.")
+    "out_dir", None, "Directory for the JSON and PNG files (default with "
+    "--workdir: <workdir>/eval).")
 _PREFIX = flags.DEFINE_string("prefix", "eval", "File-name prefix.")
 
 
@@ -125,9 +130,26 @@ def evaluate_and_write(kind: str, arrays: Mapping[str, np.ndarray],
   return results, evaluation.write_results(results, out_dir, prefix=prefix)
 
 
+def workdir_codes(workdir: str) -> str:
+  """The codes file a method launcher wrote into `workdir`."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir: no directory at {workdir!r}.")
+  found = [os.path.join(workdir, f"{m}_codes.npz") for m in ("scbch", "dcgmh")]
+  found = [p for p in found if os.path.isfile(p)]
+  if len(found) != 1:
+    raise FileNotFoundError(
+        f"--workdir={workdir}: expected one of scbch_codes.npz / dcgmh_codes.npz "
+        f"(found {len(found)}); a finished run or `--eval_only` writes it.")
+  return found[0]
+
+
 def _arrays_from_flags() -> tuple[str, dict[str, np.ndarray]]:
   """Checks which input flags were given and loads the arrays."""
   given_npy = [name for name in _NPY_FLAGS if flags.FLAGS[name].value]
+  if _WORKDIR.value:
+    if _CODES.value or given_npy:
+      raise ValueError("--workdir cannot be combined with --codes or the .npy flags.")
+    return load_npz(workdir_codes(_WORKDIR.value), flag="workdir")
   if _CODES.value and given_npy:
     raise ValueError(
         f"--codes cannot be combined with "
@@ -170,8 +192,10 @@ def main(argv: Sequence[str]) -> None:
   """Checks the flags, loads the codes, writes results and prints a table."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not _OUT_DIR.value:
-    raise ValueError("--out_dir is required.")
+  out_dir = _OUT_DIR.value or (
+      os.path.join(_WORKDIR.value, "eval") if _WORKDIR.value else None)
+  if not out_dir:
+    raise ValueError("--out_dir is required (or give --workdir).")
   precision_ns = _precision_ns_from_flag()
   kind, arrays = _arrays_from_flags()
   if kind == CROSS_MODAL and flags.FLAGS["direction"].present:
@@ -179,7 +203,7 @@ def main(argv: Sequence[str]) -> None:
         "--direction names a single-direction result; cross-modal input "
         "always gives i2t and t2i.")
   results, paths = evaluate_and_write(
-      kind, arrays, _OUT_DIR.value, prefix=_PREFIX.value, ties=_TIES.value,
+      kind, arrays, out_dir, prefix=_PREFIX.value, ties=_TIES.value,
       empty_queries=_EMPTY_QUERIES.value, topk=_TOPK.value,
       precision_ns=precision_ns, num_points=_NUM_POINTS.value,
       direction=_DIRECTION.value)
@@ -190,7 +214,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
   """Console-script entry point (nhj-evaluate)."""
-  app.run(main)
+  entry.run_main(main)
 
 
 if __name__ == "__main__":
