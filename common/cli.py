@@ -263,6 +263,33 @@ def run_flags(names: Iterable[str]) -> dict[str, Any]:
   return {name: FLAGS[name].value for name in names}
 
 
+FLAGFILE = "flags.txt"
+
+
+def write_flagfile(workdir: str, launcher: str, values: Mapping[str, Any]) -> str:
+  """<workdir>/flags.txt: the run's flags as an absl --flagfile (process 0).
+
+  `nhj-evaluate --workdir=W --step=N` re-runs `launcher` with it (--eval_only)
+  to evaluate any kept checkpoint.
+  """
+  path = os.path.join(workdir, FLAGFILE)
+  if jax.process_index() != 0:
+    return path
+  lines = [f"# launcher: {launcher}"]
+  for name, value in values.items():
+    if value is None:
+      continue
+    if isinstance(value, bool):
+      lines.append(f"--{name}" if value else f"--no{name}")
+    elif isinstance(value, (list, tuple)):
+      lines.append(f"--{name}={','.join(str(v) for v in value)}")
+    else:
+      lines.append(f"--{name}={value}")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
 def train_or_restore(method: Any, arrays: Mapping[str, np.ndarray], loop: LoopConfig,
                      run_flag_names: Iterable[str]) -> tuple[Any, dict]:
   """Trains (resuming if possible), or with --eval_only restores a checkpoint.
@@ -270,6 +297,7 @@ def train_or_restore(method: Any, arrays: Mapping[str, np.ndarray], loop: LoopCo
   Returns (state, results) of the selected checkpoint.
   """
   flag_values = run_flags(run_flag_names)
+  write_flagfile(loop.workdir, f"launch.{method.name}", flag_values)
   if FLAGS.eval_only:
     state, step = restore_for_eval(method, loop, step=FLAGS.eval_step,
                                    flags=flag_values)
@@ -288,10 +316,13 @@ def finish(results: Mapping[str, Any], *, workdir: str, method: str,
   """Writes results JSON + PNG curves + codes .npz; prints the final table (process 0)."""
   if jax.process_index() != 0:
     return
-  codes_path = os.path.join(workdir, f"{method}_codes.npz")
+  # --eval_only of checkpoint N writes <method>_step<N>_*, never over the final files.
+  tag = f"step{results['settings']['selected_step']}" if FLAGS.eval_only else "final"
+  codes_path = os.path.join(workdir, f"{method}_{tag}_codes.npz" if FLAGS.eval_only
+                            else f"{method}_codes.npz")
   np.savez(codes_path, **codes)
   results = with_settings(results, method=method, dataset=dataset_name, **extra)
-  paths = evaluation.write_results(results, workdir, prefix=f"{method}_final")
+  paths = evaluation.write_results(results, workdir, prefix=f"{method}_{tag}")
   selection = results["settings"].get("selection", "last")
   note = {"last": "last epoch",
           "val": "best epoch on the validation split",
@@ -302,6 +333,8 @@ def finish(results: Mapping[str, Any], *, workdir: str, method: str,
     print("  (synthetic data: a demo of the pipeline, not a benchmark result)")
   print(evaluation.format_table(results))
   print("written: " + ", ".join(sorted([str(p) for p in paths.values()] + [codes_path])))
+  if FLAGS.eval_only:
+    return
   with open(os.path.join(workdir, "run_summary.json"), "w", encoding="utf-8") as f:
     json.dump({"method": method, "dataset": dataset_name, **extra,
                "selection": selection}, f, indent=2, default=str)

@@ -12,6 +12,8 @@ image_db, text_db, query_labels, db_labels) or the single-direction ones
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -63,6 +65,10 @@ _DIRECTION = flags.DEFINE_string(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A workdir written by nhj-scbch / nhj-dcgmh: evaluates the "
     "<method>_codes.npz its run (or its --eval_only) wrote.")
+_STEP = flags.DEFINE_integer(
+    "step", None, "With --workdir: evaluate this kept checkpoint (global step) by "
+    "re-running the run's launcher with its saved flags.txt and --eval_only; "
+    "without it the codes of the finished run are used.", lower_bound=0)
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", None, "Directory for the JSON and PNG files (default with "
     "--workdir: <workdir>/eval).")
@@ -143,13 +149,40 @@ def workdir_codes(workdir: str) -> str:
   return found[0]
 
 
+def export_checkpoint_codes(workdir: str, step: int) -> str:
+  """Runs the workdir's launcher with its flags.txt and --eval_only --eval_step;
+  returns the codes file it wrote."""
+  flagfile = os.path.join(workdir, "flags.txt")
+  if not os.path.isfile(flagfile):
+    raise FileNotFoundError(f"--workdir: no flags.txt in {workdir!r} (written by "
+                            "nhj-scbch / nhj-dcgmh when a run starts).")
+  with open(flagfile, encoding="utf-8") as f:
+    first = f.readline().strip()
+  launcher = first.removeprefix("# launcher:").strip()
+  if launcher not in ("launch.scbch", "launch.dcgmh"):
+    raise ValueError(f"{flagfile}: first line names no launcher ({first!r}).")
+  command = [sys.executable, "-m", launcher, f"--flagfile={flagfile}",
+             f"--workdir={workdir}", "--eval_only", f"--eval_step={step}", "--noprogress"]
+  proc = subprocess.run(command, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise ValueError(f"--step={step}: {' '.join(command)} failed:\n"
+                     f"{proc.stderr.strip().splitlines()[-1] if proc.stderr else ''}")
+  method = launcher.split(".")[1]
+  return os.path.join(workdir, f"{method}_step{step}_codes.npz")
+
+
 def _arrays_from_flags() -> tuple[str, dict[str, np.ndarray]]:
   """Checks which input flags were given and loads the arrays."""
   given_npy = [name for name in _NPY_FLAGS if flags.FLAGS[name].value]
   if _WORKDIR.value:
     if _CODES.value or given_npy:
       raise ValueError("--workdir cannot be combined with --codes or the .npy flags.")
+    if _STEP.value is not None:
+      return load_npz(export_checkpoint_codes(_WORKDIR.value, _STEP.value),
+                      flag="workdir")
     return load_npz(workdir_codes(_WORKDIR.value), flag="workdir")
+  if _STEP.value is not None:
+    raise ValueError("--step needs --workdir.")
   if _CODES.value and given_npy:
     raise ValueError(
         f"--codes cannot be combined with "

@@ -41,6 +41,11 @@ def test_scbch_launcher_trains_evaluates_and_resumes(tmp_path):
   ev = _launch("launch.evaluate", f"--codes={tmp_path / 'scbch_codes.npz'}",
                f"--out_dir={tmp_path / 'eval'}").stdout
   assert f"{results['i2t']['map']:.4f}" in ev
+  # ... and any kept checkpoint, by re-running the launcher with the saved flags.
+  ev = _launch("launch.evaluate", f"--workdir={tmp_path}", "--step=8").stdout
+  assert f"{results['i2t']['map']:.4f}" in ev
+  assert (tmp_path / "scbch_step8_codes.npz").exists()
+  assert (tmp_path / "eval" / "eval_results.json").exists()
 
 
 def test_dcgmh_launcher_with_estimated_noise_ratio(tmp_path):
