@@ -161,7 +161,11 @@ def main() -> None:
       "Gaussian codes and ~10% dense labels; float32; row blocks against all "
       "N columns (never the dense N x N). Peak RSS = ru_maxrss of a fresh "
       "process per size (includes the data and JAX itself).", "",
-      table, ""])
+      table, "",
+      "Timings are under CPU contention whenever the load average exceeds "
+      "the core count: compare the 100k measured time with its sampled "
+      "extrapolation to see how noisy they are. Memory is O(block x N + N x "
+      "k): at 1M the (256 x 1M) float32 block is 1 GB.", ""])
   print(text)
   if args.write_results:
     _write_results(text)
