@@ -25,7 +25,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import datetime
-import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -33,6 +33,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import bench_util
 from common import metrics
 
 SIZES = {  # name: (queries, database, classes)
@@ -40,8 +42,6 @@ SIZES = {  # name: (queries, database, classes)
     "nuswide": (2100, 193749, 21),
 }
 SECTION = "## Retrieval evaluation (benchmarks/eval_map.py)"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                       "RESULTS.md")
 
 _SIZES = flags.DEFINE_list("sizes", list(SIZES), "Data-set sizes to run.")
 _BITS = flags.DEFINE_list("bits", ["16", "64", "128"], "Code lengths.")
@@ -155,38 +155,6 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def machine() -> str:
-  """'<cores>-core CPU (<lscpu model name>)'."""
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True,
-                         check=True).stdout
-    model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                 if line.startswith("Model name"))
-  except (OSError, subprocess.CalledProcessError, StopIteration):
-    model = "unknown CPU"
-  return f"{os.cpu_count()}-core CPU ({model})"
-
-
-def write_section(body: str) -> None:
-  """Replaces (or appends) this benchmark's section of RESULTS.md."""
-  text = ""
-  if os.path.exists(RESULTS):
-    with open(RESULTS, encoding="utf-8") as f:
-      text = f.read()
-  if not text:
-    text = "# Benchmark results\n"
-  section = f"{SECTION}\n\n{body.strip()}\n"
-  if SECTION in text:
-    head, rest = text.split(SECTION, 1)
-    nxt = rest.find("\n## ")
-    tail = rest[nxt + 1:] if nxt >= 0 else ""
-    text = head + section + ("\n" + tail if tail else "")
-  else:
-    text = text.rstrip("\n") + "\n\n" + section
-  with open(RESULTS, "w", encoding="utf-8") as f:
-    f.write(text)
-
-
 def main(argv) -> None:
   """Runs every size x bits case, prints and records the table."""
   if len(argv) > 1:
@@ -204,7 +172,7 @@ def main(argv) -> None:
       print(table(rows[-1:]).splitlines()[-1], flush=True)
   load_after = os.getloadavg()
   body = "\n".join([
-      f"Machine: {machine()}, shared with other agents' jobs while this ran "
+      f"Machine: {bench_util.machine()}, shared with other agents' jobs while this ran "
       f"(1-min load average {load_before[0]:.1f} before, "
       f"{load_after[0]:.1f} after), so timings are under load.",
       f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}. "
@@ -223,7 +191,7 @@ def main(argv) -> None:
   ])
   print(body)
   if _WRITE.value:
-    write_section(body)
+    bench_util.record(SECTION.removeprefix("## "), body)
 
 
 if __name__ == "__main__":

@@ -92,14 +92,10 @@ def _run_size(n: int) -> dict:
 
 
 def _machine() -> str:
-  model = "unknown CPU"
-  lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  for line in lscpu.splitlines():
-    if line.startswith("Model name"):
-      model = line.split(":", 1)[1].strip()
+  from benchmarks import bench_util  # pylint: disable=g-import-not-at-top
   load = os.getloadavg()[0]
-  return (f"{model}, {os.cpu_count()} cores, shared with other agents at the "
-          f"time (1-min load average {load:.1f} at start), 1 JAX CPU device")
+  return (f"{bench_util.machine()}, 1-min load average {load:.1f} at start "
+          "(other jobs share the cores when it exceeds their count), 1 JAX CPU device")
 
 
 def _table(results: list[dict]) -> str:
@@ -125,20 +121,8 @@ def _table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def _write_results(text: str) -> None:
-  path = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
-  old = path.read_text() if path.exists() else "# Benchmark results\n"
-  if SECTION in old:
-    head, rest = old.split(SECTION, 1)
-    nxt = rest.find("\n## ")
-    tail = rest[nxt + 1:] if nxt >= 0 else ""
-    new = head + text + ("\n" + tail if tail else "")
-  else:
-    new = old.rstrip("\n") + "\n\n" + text
-  path.write_text(new)
-
-
 def main() -> None:
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--write_results", action="store_true",
                       help="replace this benchmark's section of RESULTS.md")
@@ -168,7 +152,8 @@ def main() -> None:
       "k): at 1M the (256 x 1M) float32 block is 1 GB.", ""])
   print(text)
   if args.write_results:
-    _write_results(text)
+    from benchmarks import bench_util  # pylint: disable=g-import-not-at-top
+    bench_util.record(SECTION.removeprefix("## "), text.split("\n", 2)[2])
 
 
 if __name__ == "__main__":

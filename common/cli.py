@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -88,6 +89,12 @@ def define_loop_flags(*, epochs: int, batch_size: int, eval_every: int) -> None:
                       "Multi-host: host:port of process 0 (jax.distributed).")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
+
+
+def say(line: str) -> None:
+  """Prints on process 0 only."""
+  if jax.process_index() == 0:
+    print(line, flush=True)
 
 
 def quiet_library_logs() -> None:
@@ -256,6 +263,46 @@ def load_run_data(*, selection: str, val_size: int, seed: int) -> RunData:
     noisy, corrupted = noisy[kept], corrupted[kept]
   return RunData(splits=splits, train_labels=noisy, corrupted=corrupted, val=val,
                  noise_summary=summary)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What a launcher needs after set-up: settings, loop, data, evaluation sets."""
+
+  config: Any
+  workdir: str
+  loop: LoopConfig
+  data: RunData
+  eval_sets: dict
+
+
+def prepare_run(method: str, argv: list[str],
+                build_config: Callable[[], tuple[Any, Any]]) -> Run:
+  """Everything before training, every flag checked before any heavy work.
+
+  `build_config` returns (config, preset) from the flags; the config's
+  num_classes is filled in from the data here.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_library_logs()
+  init_distributed()
+  check_dataset_flags()
+  config, preset = build_config()
+  FLAGS.epochs = FLAGS.epochs or preset.epochs
+  FLAGS.batch_size = FLAGS.batch_size or preset.batch_size
+  workdir = require_workdir(method)
+  loop = loop_config(workdir, seed=config.seed)
+  data = load_run_data(selection=FLAGS.selection, val_size=FLAGS.val_size,
+                       seed=config.seed)
+  config = dataclasses.replace(config, num_classes=data.splits.num_classes)
+  if config.k >= len(data.train_labels):
+    raise flags.ValidationError(
+        f"--k={config.k}: needs more training items than {len(data.train_labels)}")
+  eval_sets = {"test": (data.splits.query, data.splits.database)}
+  if data.val is not None:
+    eval_sets["val"] = data.val
+  return Run(config=config, workdir=workdir, loop=loop, data=data, eval_sets=eval_sets)
 
 
 def run_flags(names: Iterable[str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ preset of --dataset). Re-running a command with the same --workdir resumes.
 from __future__ import annotations
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from common import cli
 from common.data import pipeline
@@ -96,35 +96,17 @@ def build_config() -> tuple[DcgmhConfig, presets.DcgmhPreset]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.quiet_library_logs()
-  cli.init_distributed()
-  cli.check_dataset_flags()
-  config, preset = build_config()
-  FLAGS.epochs = FLAGS.epochs or preset.epochs
-  FLAGS.batch_size = FLAGS.batch_size or preset.batch_size
-  workdir = cli.require_workdir("dcgmh")
-  loop = cli.loop_config(workdir, seed=config.seed)
-  data = cli.load_run_data(selection=FLAGS.selection, val_size=FLAGS.val_size,
-                           seed=config.seed)
-  splits = data.splits
-  config = DcgmhConfig(**{**config.__dict__, "num_classes": splits.num_classes})
-  if config.k >= len(data.train_labels):
-    raise flags.ValidationError(
-        f"--k={config.k}: needs more training items than {len(data.train_labels)}")
-  eval_sets = {"test": (splits.query, splits.database)}
-  if data.val is not None:
-    eval_sets["val"] = data.val
-  steps = pipeline.steps_per_epoch(len(data.train_labels), loop.batch_size)
+  setup = cli.prepare_run("dcgmh", argv, build_config)
+  config, data, splits = setup.config, setup.data, setup.data.splits
+  steps = pipeline.steps_per_epoch(len(data.train_labels), setup.loop.batch_size)
   injected = data.noise_summary["protocol"] != "none"
   method = DcgmhMethod(
       config, image_dim=splits.image_dim, text_dim=splits.text_dim,
-      train_labels=data.train_labels, steps_per_epoch=steps, eval_sets=eval_sets,
+      train_labels=data.train_labels, steps_per_epoch=steps, eval_sets=setup.eval_sets,
       true_noise_ratio=(float(np.mean(data.corrupted)) if injected else None),
       empty_queries="zero")
   ratio = "auto" if config.noise_ratio is None else config.noise_ratio
-  print(f"DCGMH on {splits.name}: {len(splits.train)} train / {len(splits.query)} "
+  cli.say(f"DCGMH on {splits.name}: {len(splits.train)} train / {len(splits.query)} "
         f"query / {len(splits.database)} database, C={splits.num_classes}, "
         f"{config.bits} bits, filter tau={ratio}; noise {data.noise_summary}")
   arrays = {"image": splits.train.image, "text": splits.train.text,
@@ -132,9 +114,9 @@ def main(argv):
             # Ground truth for the filter diagnostics only; no loss reads these.
             "truth_labels": splits.train.labels,
             "truth_corrupted": np.asarray(data.corrupted, bool)}
-  state, results = cli.train_or_restore(method, arrays, loop, RUN_FLAGS + ("epochs",))
-  cli.finish(results, codes=method.export_codes(state), workdir=workdir, method="dcgmh",
-             dataset_name=splits.name,
+  state, results = cli.train_or_restore(method, arrays, setup.loop, RUN_FLAGS + ("epochs",))
+  cli.finish(results, codes=method.export_codes(state), workdir=setup.workdir,
+             method="dcgmh", dataset_name=splits.name,
              extra={"bits": config.bits, "noise": data.noise_summary,
                     "filter_noise_ratio": ratio, "empty_queries": "zero"})
 

@@ -13,7 +13,7 @@ preset of --dataset). Re-running a command with the same --workdir resumes.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from common import cli
 from scbch_jax import presets
@@ -74,39 +74,21 @@ def build_config() -> tuple[ScbchConfig, presets.ScbchPreset]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.quiet_library_logs()
-  cli.init_distributed()
-  cli.check_dataset_flags()
-  config, preset = build_config()
-  FLAGS.epochs = FLAGS.epochs or preset.epochs
-  FLAGS.batch_size = FLAGS.batch_size or preset.batch_size
-  workdir = cli.require_workdir("scbch")
-  loop = cli.loop_config(workdir, seed=config.seed)
-  data = cli.load_run_data(selection=FLAGS.selection, val_size=FLAGS.val_size,
-                           seed=config.seed)
-  splits = data.splits
-  config = ScbchConfig(**{**config.__dict__, "num_classes": splits.num_classes})
-  if config.k >= len(data.train_labels):
-    raise flags.ValidationError(
-        f"--k={config.k}: needs more training items than {len(data.train_labels)}")
-  eval_sets = {"test": (splits.query, splits.database)}
-  if data.val is not None:
-    eval_sets["val"] = data.val
+  setup = cli.prepare_run("scbch", argv, build_config)
+  config, data, splits = setup.config, setup.data, setup.data.splits
   method = ScbchMethod(
       config, image_dim=splits.image_dim, text_dim=splits.text_dim,
       train_labels=data.train_labels, train_image=splits.train.image,
-      train_text=splits.train.text, eval_sets=eval_sets, corrupted=data.corrupted,
+      train_text=splits.train.text, eval_sets=setup.eval_sets, corrupted=data.corrupted,
       empty_queries="skip")
-  print(f"SCBCH on {splits.name}: {len(splits.train)} train / {len(splits.query)} "
+  cli.say(f"SCBCH on {splits.name}: {len(splits.train)} train / {len(splits.query)} "
         f"query / {len(splits.database)} database, C={splits.num_classes}, "
         f"{config.bits} bits; noise {data.noise_summary}")
   arrays = {"image": splits.train.image, "text": splits.train.text,
             "labels": data.train_labels}
-  state, results = cli.train_or_restore(method, arrays, loop, RUN_FLAGS + ("epochs",))
-  cli.finish(results, codes=method.export_codes(state), workdir=workdir, method="scbch",
-             dataset_name=splits.name,
+  state, results = cli.train_or_restore(method, arrays, setup.loop, RUN_FLAGS + ("epochs",))
+  cli.finish(results, codes=method.export_codes(state), workdir=setup.workdir,
+             method="scbch", dataset_name=splits.name,
              extra={"bits": config.bits, "noise": data.noise_summary,
                     "empty_queries": "skip"})
 
