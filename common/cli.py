@@ -20,8 +20,10 @@ from absl import flags
 from absl import logging
 
 from common import evaluation
+from common import plots
 from common.entry import run_main  # noqa: F401  (re-exported for launchers)
 from common.data import Split, Splits
+from common.reporting import read_jsonl
 from common import data as data_lib
 from common.train_loop import (LoopConfig, SELECTION_MODES, restore_for_eval, train,
                                with_settings)
@@ -357,9 +359,35 @@ def train_or_restore(method: Any, arrays: Mapping[str, np.ndarray], loop: LoopCo
   return result.state, result.results
 
 
+def plot_diagnostics(workdir: str, method: str, series: Mapping[str, str]) -> str | None:
+  """<method>_diagnostics.png: per-epoch values of `series` ({label: dotted key}
+  into the "epoch" records of metrics.jsonl; the last record of an epoch wins,
+  so a resumed run plots once). None if no epoch has any of them."""
+  records = {}
+  for record in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    if record.get("kind") == "epoch":
+      records[record["epoch"]] = record
+  lines = {}
+  for label, key in series.items():
+    points = []
+    for epoch, record in sorted(records.items()):
+      value = record
+      for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        points.append((epoch + 1, value))
+    if points:
+      lines[label] = tuple(np.asarray(p) for p in zip(*points))
+  if not lines:
+    return None
+  path = os.path.join(workdir, f"{method}_diagnostics.png")
+  return plots.plot_epoch_series(lines, path, title=f"{method.upper()} diagnostics")
+
+
 def finish(results: Mapping[str, Any], *, workdir: str, method: str,
            dataset_name: str, extra: Mapping[str, Any],
-           codes: Mapping[str, np.ndarray]) -> None:
+           codes: Mapping[str, np.ndarray],
+           diagnostics: Mapping[str, str] | None = None) -> None:
   """Writes results JSON + PNG curves + codes .npz; prints the final table (process 0)."""
   if jax.process_index() != 0:
     return
@@ -370,6 +398,10 @@ def finish(results: Mapping[str, Any], *, workdir: str, method: str,
   np.savez(codes_path, **codes)
   results = with_settings(results, method=method, dataset=dataset_name, **extra)
   paths = evaluation.write_results(results, workdir, prefix=f"{method}_{tag}")
+  if diagnostics and not FLAGS.eval_only:
+    plotted = plot_diagnostics(workdir, method, diagnostics)
+    if plotted:
+      paths = dict(paths, diagnostics=plotted)
   selection = results["settings"].get("selection", "last")
   note = {"last": "last epoch",
           "val": "best epoch on the validation split",

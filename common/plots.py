@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 
 def _save(x_by_direction: Mapping[str, np.ndarray],
           y_by_direction: Mapping[str, np.ndarray], path: str, *,
-          xlabel: str, ylabel: str, title: str, marker: str = "o") -> str:
+          xlabel: str, ylabel: str, title: str, marker: str = "o",
+          legend_title: str = "direction") -> str:
   """Draws one labelled line per direction and writes the PNG to `path`."""
   fig = Figure(figsize=(5, 4), dpi=100)
   FigureCanvasAgg(fig)
@@ -28,7 +29,7 @@ def _save(x_by_direction: Mapping[str, np.ndarray],
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(True, alpha=0.3)
-  ax.legend(title="direction")
+  ax.legend(title=legend_title)
   fig.tight_layout()
   fig.savefig(path, format="png")
   return path
@@ -56,3 +57,11 @@ def plot_precision_at_n(results: Mapping[str, Mapping], path: str) -> str:
                {k: v["precision_at"]["precision"] for k, v in results.items()},
                path, xlabel="N (top-ranked items)", ylabel="precision@N",
                title="Precision@N")
+
+
+def plot_epoch_series(series: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str,
+                      *, title: str, ylabel: str = "value") -> str:
+  """Training diagnostics over epochs: {label: (epochs, values)}, one line each."""
+  return _save({k: v[0] for k, v in series.items()},
+               {k: v[1] for k, v in series.items()}, path, xlabel="epoch",
+               ylabel=ylabel, title=title, legend_title="")

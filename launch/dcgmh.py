@@ -118,7 +118,14 @@ def main(argv):
   cli.finish(results, codes=method.export_codes(state), workdir=setup.workdir,
              method="dcgmh", dataset_name=splits.name,
              extra={"bits": config.bits, "noise": data.noise_summary,
-                    "filter_noise_ratio": ratio, "empty_queries": "zero"})
+                    "filter_noise_ratio": ratio, "empty_queries": "zero"},
+             diagnostics={"flag precision": "filter.precision",
+                          "flag recall": "filter.recall",
+                          "reconstructed / flagged": "filter.reconstructed_fraction",
+                          "reconstruction accuracy": "filter.reconstruction_accuracy",
+                          "unlabeled / flagged": "filter.unlabeled_fraction",
+                          "tau estimate": "noise_ratio_estimate",
+                          "bank clean fraction": "bank_clean_fraction"})
 
 
 def run():

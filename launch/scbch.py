@@ -90,7 +90,10 @@ def main(argv):
   cli.finish(results, codes=method.export_codes(state), workdir=setup.workdir,
              method="scbch", dataset_name=splits.name,
              extra={"bits": config.bits, "noise": data.noise_summary,
-                    "empty_queries": "skip"})
+                    "empty_queries": "skip"},
+             diagnostics={"CSCC weight AUC vs corrupted": "weight_auc_corrupted",
+                          "mean weight, corrupted": "weight_mean_corrupted",
+                          "mean weight, clean": "weight_mean_clean"})
 
 
 def run():

@@ -55,6 +55,7 @@ def test_dcgmh_launcher_with_estimated_noise_ratio(tmp_path):
   assert "tau estimate" in out and "filter precision" in out
   results = json.load(open(tmp_path / "dcgmh_final_results.json"))
   assert results["settings"]["empty_queries"] == "zero"
+  assert (tmp_path / "dcgmh_diagnostics.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("module,args,needle", [
