@@ -119,6 +119,8 @@ def init_distributed() -> None:
     raise flags.ValidationError(
         f"multi-host runs need --coordinator_address, --num_processes and "
         f"--process_id together; missing {', '.join(missing)}")
+  # CPU processes need a collectives backend (GPU/TPU ignore this setting).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=given["coordinator_address"],
                              num_processes=given["num_processes"],
                              process_id=given["process_id"])

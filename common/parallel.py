@@ -109,6 +109,20 @@ def as_replicated(tree: PyTree) -> PyTree:
   return jax.tree.map(one, tree)
 
 
+def put_replicated(x: Any, sharding: NamedSharding) -> jax.Array:
+  """The same host value on every device of `sharding`, also across processes.
+
+  (jax.device_put cannot target other processes' devices; every process holds
+  the same value here, so each contributes its local copy.)
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = put_replicated(jax.random.key_data(x), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+
 @dataclasses.dataclass
 class DataParallel:
   """Runs one per-device step body on a global batch, with pmap or shard_map.
@@ -171,7 +185,7 @@ class DataParallel:
       return jax.tree.map(
           lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + jnp.shape(x)),
                                    self._local_stacked), state)
-    return jax.device_put(state, self._replicated)
+    return jax.tree.map(lambda x: put_replicated(x, self._replicated), state)
 
   def get_state(self, dstate: PyTree) -> PyTree:
     """The driver's state -> one copy (device arrays, no leading device axis)."""
