@@ -141,3 +141,13 @@ def test_dcgmh_end_to_end_beats_random_codes_and_filter_beats_chance(tmp_path):
   robust = [r for r in records if r["kind"] == "epoch" and r["phase"] == "robust"]
   precision = robust[-1]["filter"]["precision"]
   assert precision > 0.4 + 0.1, precision  # chance = the corrupted fraction, 0.4
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_earlier_checkpoints(tmp_path):
+  image = SPLITS.train.image.copy()
+  image[200:] = np.nan  # these rows land in batches of the first epoch
+  arrays = dict(_arrays(NOISY, CORRUPTED), image=image)
+  cfg = _config(tmp_path, checkpoint_every=0, log_every=1)
+  with pytest.raises(FloatingPointError, match=r"non-finite training metrics at epoch 0"):
+    train(_scbch(), arrays, cfg, log=lambda _: None)
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "8"))
