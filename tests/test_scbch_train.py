@@ -93,3 +93,27 @@ def test_cscc_weights_are_ones_before_start_and_in_range_after():
   assert after.shape == (32,)
   assert np.all(after >= 0.5 - 1e-6) and np.all(after <= 1.0 + 1e-6)
   assert after[3] == pytest.approx(0.5)  # empty label row: r = 0 -> w = gamma
+
+
+def test_a_swapped_objective_is_used_by_the_step():
+  """The README's one-line ablation equals the same run with beta=0 and w=1."""
+  import dataclasses
+  import jax.numpy as jnp
+  from scbch_jax.train import scbch_objective
+
+  def ablation(out, labels, weights, config):
+    return scbch_objective(out, labels, jnp.ones_like(weights),
+                           dataclasses.replace(config, beta=0.0))
+
+  swapped = _method()
+  swapped.objective = ablation
+  plain = _method(beta=0.0)
+  got, got_losses = _run(swapped, "shard_map", 8, steps=1)
+  dp = parallel.DataParallel(plain.step_body, mesh=parallel.make_mesh(jax.devices()[:8]))
+  state = dp.put_state(plain.init_state())
+  batch, _ = next(_batches(1))
+  state, metrics = dp.step(state, dp.put_rows(batch),
+                           dp.put_rows({"weight": np.ones(B, np.float32)}))
+  np.testing.assert_allclose(got_losses[0], float(metrics["loss"]), rtol=1e-6)
+  for g, w in zip(jax.tree.leaves(got.params), jax.tree.leaves(dp.get_state(state).params)):
+    np.testing.assert_allclose(g, np.asarray(w), rtol=1e-6, atol=1e-7)
