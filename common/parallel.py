@@ -149,7 +149,6 @@ class DataParallel:
       raise ValueError(f"--parallel={self.mode!r}: expected one of {PARALLEL_MODES}")
     if self.mesh is None:
       self.mesh = make_mesh()
-    self.num_devices = int(self.mesh.devices.size)
     self.local_devices = [d for d in self.mesh.devices.flat
                           if d.process_index == jax.process_index()]
     # chex counts traces per (source, name): a name unique to this driver makes

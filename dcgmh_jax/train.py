@@ -28,6 +28,7 @@ import optax
 from common import evaluation
 from common import parallel
 from common.data import Split
+from common.data import pipeline
 from dcgmh_jax import augment
 from dcgmh_jax import losses
 from dcgmh_jax import noise_filter as nf
@@ -293,17 +294,10 @@ class DcgmhMethod:
   def codes(self, state: DcgmhState, split: Split) -> np.ndarray:
     """±1 fused codes of a split's items (BatchNorm in inference mode)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    size = self.config.eval_batch_size
-    out = []
-    for start in range(0, len(split), size):
-      image = split.image[start:start + size]
-      text = split.text[start:start + size]
-      pad = size - image.shape[0] if len(split) > size else 0
-      if pad:
-        image = np.concatenate([image, np.zeros((pad, image.shape[1]), image.dtype)])
-        text = np.concatenate([text, np.zeros((pad, text.shape[1]), text.dtype)])
-      out.append(np.asarray(self._encode(variables, image, text))[:size - pad])
-    return np.asarray(to_codes(np.concatenate(out)), np.int8)
+    h = pipeline.map_batches(
+        lambda b: self._encode(variables, b["image"], b["text"]),
+        {"image": split.image, "text": split.text}, self.config.eval_batch_size)
+    return np.asarray(to_codes(h), np.int8)
 
   def export_codes(self, state: DcgmhState, split: str = "test") -> dict[str, np.ndarray]:
     """±1 fused codes + labels in launch/evaluate.py's single-direction .npz layout."""

@@ -25,6 +25,7 @@ import optax
 from common import evaluation
 from common import parallel
 from common.data import Split
+from common.data import pipeline
 from scbch_jax import cscc
 from scbch_jax import losses
 from scbch_jax.model import ScbchNet, to_codes
@@ -69,9 +70,6 @@ def make_optimizer(config: ScbchConfig) -> optax.GradientTransformation:
   """Adam with L2 weight decay added to the gradient (PyTorch Adam, not AdamW)."""
   return optax.chain(optax.add_decayed_weights(config.weight_decay),
                      optax.adam(config.lr))
-
-
-Losses = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def scbch_objective(out: Mapping[str, jax.Array], labels: jax.Array,
@@ -177,20 +175,12 @@ class ScbchMethod:
   def encode(self, params: PyTree, image: np.ndarray, text: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
     """Continuous codes (u, v) of paired items, in fixed-size jitted batches."""
-    return (self._batched(self._encode_image, params, image),
-            self._batched(self._encode_text, params, text))
-
-  def _batched(self, fn, params, x: np.ndarray) -> np.ndarray:
     size = self.config.eval_batch_size
-    n = x.shape[0]
-    out = []
-    for start in range(0, n, size):
-      chunk = x[start:start + size]
-      pad = size - chunk.shape[0] if n > size else 0  # one shape for every chunk
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(fn({"params": params}, chunk))[:chunk.shape[0] - pad])
-    return np.concatenate(out)
+    u = pipeline.map_batches(
+        lambda b: self._encode_image({"params": params}, b["x"]), {"x": image}, size)
+    v = pipeline.map_batches(
+        lambda b: self._encode_text({"params": params}, b["x"]), {"x": text}, size)
+    return u, v
 
   def epoch_extras(self, state: TrainState, epoch: int) -> dict[str, np.ndarray]:
     n = len(self.train_labels)
