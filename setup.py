@@ -14,7 +14,7 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(
         include=["common", "common.*", "scbch_jax", "scbch_jax.*",
-                 "dcgmh_jax", "dcgmh_jax.*", "launch", "launch.*"]),
+                 "dcgmh_jax", "dcgmh_jax.*", "launch", "launch.*", "configs"]),
     install_requires=[
         "jax>=0.10,<0.13",
         "flax>=0.12,<0.13",
@@ -26,6 +26,11 @@ setuptools.setup(
         "numpy>=2.0,<3",
         "absl-py>=2.1,<3",
         "chex>=0.1.90,<0.2",
+        # Configs as code (get_config files, --config.<key> overrides).
+        "ml-collections>=1.0,<2",
+        # TensorBoard event files without TensorFlow.
+        "tensorboardX>=2.6,<3",
+        "tqdm>=4.60,<5",
         # Reading the community's .mat (v5: scipy, v7.3: h5py) and .h5 files.
         "h5py>=3.11,<4",
         "scipy>=1.13,<2",
@@ -35,10 +40,10 @@ setuptools.setup(
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
     entry_points={
         "console_scripts": [
-            "nhj-scbch=launch.scbch:run",
-            "nhj-dcgmh=launch.dcgmh:run",
-            "nhj-evaluate=launch.evaluate:run",
-            "nhj-prepare-data=launch.prepare_data:run",
+            "nhj-scbch=launch.scbch:cli_main",
+            "nhj-dcgmh=launch.dcgmh:cli_main",
+            "nhj-evaluate=launch.evaluate:cli_main",
+            "nhj-prepare-data=launch.prepare_data:cli_main",
         ]
     },
 )

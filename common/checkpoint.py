@@ -1,4 +1,4 @@
-"""Orbax checkpoints that resume a run exactly.
+"""Orbax checkpoints that resume a run exactly, and survive damaged disks.
 
 A checkpoint holds three items:
 - "state": the train-state pytree (params, optimiser state, step, rng, and any
@@ -12,12 +12,24 @@ Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a crash never leaves a half-written checkpoint behind; saves are
 asynchronous. Preservation: the last `keep` checkpoints, plus the best one by
 `score` when a selection metric is used.
+
+Failures come back as one line: a checkpoint damaged on disk (truncated or
+deleted files) raises CheckpointReadError and `restore_newest_valid` falls back
+to an older one; a failed write (e.g. a full disk, found in Orbax's background
+threads) raises CheckpointWriteError naming the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
+import json
+import logging
 import os
-from typing import Any, Mapping
+import shutil
+import sys
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -25,6 +37,19 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as managers
 
 PyTree = Any
+_ITEMS = ("meta", "state", "extras")
+
+
+class CheckpointReadError(ValueError):
+  """A checkpoint that cannot be read back (one line naming step and cause)."""
+
+  def __init__(self, message: str, *, step: int | None = None, cause: str = ""):
+    super().__init__(message)
+    self.step, self.cause = step, cause
+
+
+class CheckpointWriteError(ValueError):
+  """A checkpoint that could not be written (one line naming step and path)."""
 
 
 def _abstract(tree: PyTree) -> PyTree:
@@ -36,6 +61,75 @@ def _extras_item(extras: Mapping[str, Any]) -> dict:
   return {"arrays": dict(extras), "count": np.asarray(len(extras), np.int32)}
 
 
+def _chain(exc: BaseException):
+  while exc is not None:
+    yield exc
+    exc = exc.__cause__ or exc.__context__
+
+
+def _is_enospc(exc: BaseException) -> bool:
+  return any((isinstance(e, OSError) and e.errno == errno.ENOSPC)
+             or "No space left on device" in str(e) for e in _chain(exc))
+
+
+def _read_cause(item: str, exc: BaseException) -> str:
+  """Why `item` of a checkpoint could not be read, in a few words."""
+  text = str(exc)
+  if isinstance(exc, KeyError) and "was not found" in text:
+    return f"{item} missing"
+  if isinstance(exc, FileNotFoundError) or text.startswith("NOT_FOUND"):
+    return f"{item} files missing"
+  if isinstance(exc, json.JSONDecodeError) or text.startswith(
+      ("DATA_LOSS", "OUT_OF_RANGE")):
+    return f"{item} truncated or corrupt"
+  return f"{item}: {text.splitlines()[0][:200] if text else type(exc).__name__}"
+
+
+# ----------------------------------------------------------- quiet failures
+# A failed save or restore is reported by the exception we raise; Orbax and
+# its libraries also report it on stderr from background threads, as tracebacks
+# many screens long. These hooks drop exactly those reports, process-wide.
+
+
+def _from_orbax(record: logging.LogRecord) -> bool:
+  # Orbax logs each background failure with its traceback at ERROR.
+  return not (record.levelno >= logging.ERROR and record.exc_info
+              and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _from_tensorstore_task(record: logging.LogRecord) -> bool:
+  # Concurrent reads of a damaged checkpoint fail together; asyncio reports
+  # each one nobody awaited any more when its task is collected.
+  exc = record.exc_info[1] if record.exc_info else None
+  return not (str(record.msg).startswith("Task exception was never retrieved")
+              and exc is not None and "tensorstore_spec" in str(exc))
+
+
+def _quiet_unraisablehook(previous):
+  def hook(unraisable):
+    # Tensorstore completes a read abandoned by a failed restore into Orbax's
+    # already closed event loop, and reports that as unraisable.
+    value, tb = unraisable.exc_value, unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+      tb = tb.tb_next
+    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+            and tb is not None and tb.tb_frame.f_code.co_name in (
+                "call_soon_threadsafe", "_check_closed")):
+      previous(unraisable)
+  hook.quiet_orbax = True
+  return hook
+
+
+def _quiet_orbax_failures() -> None:
+  absl_logger, asyncio_logger = logging.getLogger("absl"), logging.getLogger("asyncio")
+  if _from_orbax not in absl_logger.filters:
+    absl_logger.addFilter(_from_orbax)
+  if _from_tensorstore_task not in asyncio_logger.filters:
+    asyncio_logger.addFilter(_from_tensorstore_task)
+  if not getattr(sys.unraisablehook, "quiet_orbax", False):
+    sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
+
+
 class Checkpointer:
   """Saves and restores (state, extras, meta) under `directory`."""
 
@@ -43,6 +137,7 @@ class Checkpointer:
                async_save: bool = True):
     if keep < 1:
       raise ValueError(f"--keep={keep}: must keep at least one checkpoint")
+    _quiet_orbax_failures()
     policies = [managers.LatestN(n=keep)]
     if track_best:
       policies.append(managers.BestN(get_metric_fn=lambda m: m["score"], n=1,
@@ -54,65 +149,202 @@ class Checkpointer:
     )
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "extras", "meta"))
+        self.directory, options=options, item_names=_ITEMS)
+    # Orbax cleans old temporary directories in a background thread that is
+    # otherwise only awaited by save(): a checkpointer that never saves (eval
+    # only) would leave it racing interpreter shutdown ("cannot schedule new
+    # futures after interpreter shutdown").
+    await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
     self.track_best = track_best
+    self._pending: int | None = None   # step of the save in flight
+    self._failed: CheckpointWriteError | None = None
+
+  # ------------------------------------------------------------------ listing
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The kept checkpoint with the highest score (latest among equals), if any."""
-    scored = [(meta["score"], step) for step in self.all_steps()
-              if (meta := self.read_meta(step)).get("score") is not None]
+    """The kept checkpoint with the highest score (latest among equals), if any;
+    checkpoints whose meta cannot be read are not candidates."""
+    scored = []
+    for step in self.all_steps():
+      try:
+        score = self.read_meta(step).get("score")
+      except CheckpointReadError:
+        continue
+      if score is not None:
+        scored.append((score, step))
     return max(scored)[1] if scored else None
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    return sorted(self._manager.all_steps())
+
+  # ------------------------------------------------------------------ writing
 
   def save(self, step: int, *, state: PyTree, extras: Mapping[str, np.ndarray],
            meta: Mapping[str, Any], score: float | None = None) -> None:
-    metrics = None if score is None else {"score": float(score)}
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            extras=ocp.args.StandardSave(_extras_item(extras)),
-            meta=ocp.args.JsonSave(dict(meta, score=score)),
-        ),
-        metrics=metrics,
-        force=True,
-    )
+    """Starts saving checkpoint `step` (finished by a later save/wait/close).
 
-  def restore(self, step: int, *, state_template: PyTree) -> tuple[PyTree, dict, dict]:
-    """Restores checkpoint `step`: state in the structure of `state_template`,
-    extras as saved (an epoch-boundary checkpoint has none), and meta."""
+    Raises:
+      CheckpointWriteError: this save, or the previous asynchronous one, failed.
+    """
+    if self._failed is not None:
+      raise self._failed
+    self.wait()
+    metrics = None if score is None else {"score": float(score)}
+    try:
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              extras=ocp.args.StandardSave(_extras_item(extras)),
+              meta=ocp.args.JsonSave(dict(meta, score=score)),
+          ),
+          metrics=metrics,
+          force=True,
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_failed(step, e) from None
+    self._pending = step
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk.
+
+    Raises:
+      CheckpointWriteError: the pending save failed (raised once; a failure
+        already raised is not raised again, so `finally: wait()` adds nothing).
+    """
+    if self._failed is not None:
+      return
+    step, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_failed(step, e) from None
+
+  def close(self) -> None:
+    """Waits for pending saves (raising a failure not yet raised) and closes."""
+    try:
+      self.wait()
+    finally:
+      if self._failed is not None:
+        # Orbax re-raises the failed save from every wait; forget it so that
+        # close() can shut its threads down.
+        ref = getattr(self._manager, "_finalize_thread", None)
+        if ref is not None and hasattr(ref, "set"):
+          ref.set(None)
+      with contextlib.suppress(Exception):
+        self._manager.close()
+
+  def _write_failed(self, step: int | None, exc: BaseException) -> CheckpointWriteError:
+    """Records a failed save of `step` as one line and frees its partial files."""
+    if step is not None and jax.process_index() == 0:
+      for tmp in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+    done = [s for s in self.all_steps() if s != step]
+    last = (f"last complete checkpoint is {done[-1]}" if done
+            else "there is no complete checkpoint")
+    name = "?" if step is None else step
+    if _is_enospc(exc):
+      line = (f"no space left on device writing checkpoint {name} in "
+              f"{self.directory}; {last}")
+    else:
+      reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+      line = (f"writing checkpoint {name} in {self.directory} failed: {reason}; "
+              f"{last}")
+    self._failed = CheckpointWriteError(line)
+    return self._failed
+
+  # ------------------------------------------------------------------ reading
+
+  def _restore_item(self, step: int, item: str, arg) -> Any:
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**{item: arg}))[item]
+    except Exception as e:  # pylint: disable=broad-except
+      cause = _read_cause(item, e)
+      raise CheckpointReadError(
+          f"checkpoint {step} in {self.directory} unreadable ({cause})",
+          step=step, cause=cause) from None
+
+  def _restore_arrays(self, step: int, state_template: PyTree) -> tuple[PyTree, dict]:
+    state = self._restore_item(step, "state",
+                               ocp.args.StandardRestore(_abstract(state_template)))
+    extras = self._restore_item(step, "extras", ocp.args.StandardRestore())
+    return state, {k: np.asarray(v) for k, v in extras.get("arrays", {}).items()}
+
+  def _check_exists(self, step: int) -> None:
     if step not in self.all_steps():
       raise FileNotFoundError(
           f"no checkpoint for step {step} in {self.directory} "
           f"(have {self.all_steps()})")
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state_template)),
-            extras=ocp.args.StandardRestore(),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
-    extras = {k: np.asarray(v) for k, v in restored["extras"].get("arrays", {}).items()}
-    return restored["state"], extras, dict(restored["meta"])
 
   def read_meta(self, step: int) -> dict:
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(restored["meta"])
+    """The meta JSON of checkpoint `step`.
 
-  def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    Raises:
+      FileNotFoundError: no such step (listing the steps there are).
+      CheckpointReadError: its meta is missing or corrupt.
+    """
+    self._check_exists(step)
+    return dict(self._restore_item(step, "meta", ocp.args.JsonRestore()))
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+  def restore(self, step: int, *, state_template: PyTree) -> tuple[PyTree, dict, dict]:
+    """Restores checkpoint `step`: state in the structure of `state_template`,
+    extras as saved (an epoch-boundary checkpoint has none), and meta.
+
+    Raises:
+      FileNotFoundError: no such step (listing the steps there are).
+      CheckpointReadError: a part of it is missing, truncated or corrupt.
+    """
+    meta = self.read_meta(step)
+    state, extras = self._restore_arrays(step, state_template)
+    return state, extras, meta
+
+  def restore_newest_valid(
+      self, *, state_template: PyTree, log: Callable[[str], None] = print,
+      check_meta: Callable[[dict], None] | None = None,
+  ) -> tuple[int, PyTree, dict, dict] | None:
+    """Restores the newest checkpoint that reads back whole.
+
+    Damaged checkpoints are skipped newest first, each with one `log` line
+    ("checkpoint 16 unreadable (meta missing); falling back to 8").
+
+    Args:
+      state_template: the state structure to restore into.
+      log: where the fallback lines go.
+      check_meta: called with each readable meta before its state is
+        restored; what it raises (e.g. a run with other flags) propagates,
+        since an older checkpoint of the same workdir would not differ.
+
+    Returns:
+      (step, state, extras, meta), or None when there is no checkpoint.
+
+    Raises:
+      CheckpointReadError: checkpoints exist but none reads back (one line
+        listing each step tried and why).
+    """
+    steps = self.all_steps()[::-1]
+    tried = []
+    for i, step in enumerate(steps):
+      try:
+        meta = self.read_meta(step)
+        if check_meta is not None:
+          check_meta(meta)
+        state, extras = self._restore_arrays(step, state_template)
+        return step, state, extras, meta
+      except CheckpointReadError as e:
+        tried.append(f"{step} ({e.cause})")
+        then = (f"falling back to {steps[i + 1]}" if i + 1 < len(steps)
+                else "no older checkpoint")
+        log(f"checkpoint {step} unreadable ({e.cause}); {then}")
+    if not tried:
+      return None
+    raise CheckpointReadError(
+        f"no readable checkpoint in {self.directory}: tried {', '.join(tried)}; "
+        "use a new --workdir or delete the damaged checkpoints")
 
 
 def check_same_run(saved_flags: Mapping[str, Any], flags: Mapping[str, Any], *,

@@ -140,7 +140,7 @@ def to_jsonable(value):
   if isinstance(value, (list, tuple)):
     return [to_jsonable(v) for v in value]
   if isinstance(value, np.ndarray):
-    return [to_jsonable(v) for v in value.tolist()]
+    return to_jsonable(value.tolist())  # 0-d arrays give a scalar
   if isinstance(value, np.generic):
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):

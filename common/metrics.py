@@ -173,6 +173,27 @@ def check_inputs(query_codes, db_codes, query_labels, db_labels, *,
   _prepare(query_codes, db_codes, query_labels, db_labels, names=names)
 
 
+def code_bits(codes, *, name: str = "codes") -> np.ndarray:
+  """Validates a ±1 code matrix (errors name `name`); bool bits, True at +1."""
+  return _check_codes(name, codes)
+
+
+def hamming_distances(query_codes, db_codes) -> np.ndarray:
+  """The (Q, N) Hamming distances the metrics rank by (uint8, or uint16 if K>255).
+
+  The ranking of query i is `np.argsort(dist[i], kind="stable")`.
+  """
+  q_bits = _check_codes("query_codes", query_codes)
+  db_bits = _check_codes("db_codes", db_codes)
+  if q_bits.shape[1] != db_bits.shape[1]:
+    raise ValueError(f"query_codes has {q_bits.shape[1]} bits but db_codes "
+                     f"has {db_bits.shape[1]}.")
+  packed = _Packed(_pack_words(q_bits),
+                   np.ascontiguousarray(_pack_words(db_bits).T), None, None,
+                   q_bits.shape[1])
+  return _distances(packed, 0, packed.num_queries)
+
+
 # ----------------------------------------------------------- chunked scanning
 
 

@@ -3,10 +3,12 @@
 The body is written once, for ONE device's shard of the global batch, with
 named-axis collectives over `AXIS`:
 
-    body(state, batch, extras, *, phase) -> (state, metrics)
+    body(state, batch, extras, context, *, phase) -> (state, metrics)
 
 - `state` is replicated (identical on every device);
 - `batch` and `extras` hold this device's B/D rows of the global batch;
+- `context` is replicated data from the loop, the position in the run
+  ({"epoch": int32, "step_in_epoch": int32}): the loop owns epoch geometry;
 - `phase` is a static, hashable value (e.g. warm-up vs robust); each distinct
   value is one compilation, so a run has as many traces as phases;
 - the body returns the new (still replicated) state and metrics that are
@@ -146,7 +148,7 @@ class DataParallel:
 
   def __post_init__(self):
     if self.mode not in PARALLEL_MODES:
-      raise ValueError(f"--parallel={self.mode!r}: expected one of {PARALLEL_MODES}")
+      raise ValueError(f"parallel={self.mode!r}: expected one of {PARALLEL_MODES}")
     if self.mesh is None:
       self.mesh = make_mesh()
     self.local_devices = [d for d in self.mesh.devices.flat
@@ -166,12 +168,11 @@ class DataParallel:
     self._rows = NamedSharding(self.mesh, P(AXIS))
     # pmap's layout: a leading axis of one entry per local device, named like
     # pmap's own outputs so step 2 sees the same input sharding (no retrace).
-    self._local_stacked = NamedSharding(Mesh(np.asarray(self.local_devices), (AXIS,)),
-                                        P(AXIS))
+    self._local_stacked = NamedSharding(make_mesh(self.local_devices), P(AXIS))
     if self.mode == "pmap":
       self._pmapped = jax.pmap(
-          lambda s, b, e, phase: traced(s, b, e, phase=phase),
-          axis_name=AXIS, static_broadcasted_argnums=(3,),
+          lambda s, b, e, c, phase: traced(s, b, e, c, phase=phase),
+          axis_name=AXIS, static_broadcasted_argnums=(4,),
           donate_argnums=(0,) if self.donate else (),
           devices=self.local_devices if jax.process_count() == 1 else None)
 
@@ -212,20 +213,30 @@ class DataParallel:
   # --- running ----------------------------------------------------------------
 
   def step(self, dstate: PyTree, dbatch: PyTree, dextras: PyTree,
+           context: Mapping[str, Any] | None = None,
            phase: Hashable = None) -> tuple[PyTree, PyTree]:
-    """One training step; returns (new driver state, replicated metrics)."""
+    """One training step; returns (new driver state, replicated metrics).
+
+    `context` is host data every device sees (default: epoch 0, step 0).
+    """
+    context = jax.tree.map(lambda v: np.asarray(v, np.int32),
+                           dict(context or {"epoch": 0, "step_in_epoch": 0}))
     if self.mode == "pmap":
-      dstate, metrics = self._pmapped(dstate, dbatch, dextras, phase)
+      n = len(self.local_devices)
+      context = jax.tree.map(lambda v: np.broadcast_to(v, (n,) + v.shape), context)
+      dstate, metrics = self._pmapped(dstate, dbatch, dextras, context, phase)
       return dstate, jax.tree.map(lambda m: m[0], metrics)
     fn = self._compiled.get(phase)
     if fn is None:
       body = functools.partial(self._traced_body, phase=phase)
       sharded = jax.shard_map(body, mesh=self.mesh,
-                              in_specs=(P(), P(AXIS), P(AXIS)),
+                              in_specs=(P(), P(AXIS), P(AXIS), P()),
                               out_specs=(P(), P()))
       fn = jax.jit(sharded, donate_argnums=(0,) if self.donate else ())
       self._compiled[phase] = fn
-    return fn(dstate, dbatch, dextras)
+    if jax.process_count() > 1:
+      context = jax.tree.map(lambda v: put_replicated(v, self._replicated), context)
+    return fn(dstate, dbatch, dextras, context)
 
 
 def fetch(tree: PyTree) -> PyTree:
@@ -240,4 +251,5 @@ def check_finite(metrics: Mapping[str, Any], *, step: int, epoch: int) -> None:
   if bad:
     raise FloatingPointError(
         f"non-finite training metrics at epoch {epoch}, global step {step}: {bad}. "
-        "The last good checkpoint is kept; lower --lr or check the input features.")
+        "The last good checkpoint is kept; lower the learning rate or check the "
+        "input features.")

@@ -1,11 +1,12 @@
-"""The training loop both methods share: epochs, checkpoints, resume, eval, logs.
+"""The training loop every method shares: epochs, checkpoints, resume, eval, logs.
 
-A method plugs in through the `Method` protocol: its per-device step body,
-its phase schedule, optional per-item arrays recomputed at each epoch's start
-(SCBCH's CSCC weights), per-epoch diagnostics, and evaluation. Everything
-else — data-parallel driver, seeded batches, Orbax checkpoints with exact
-mid-epoch resume, NaN stop, JSONL/TensorBoard metrics, progress bar, model
-selection — lives here once.
+A method plugs in through `Method` (six members): its initial state, its
+per-device step body, the static phase of an epoch, optional per-item arrays
+recomputed at each epoch's start (SCBCH's CSCC weights), a per-epoch summary,
+and `encode`. The loop owns everything else: epoch geometry (it passes the
+position in as the step's `context`), the data-parallel driver, seeded
+batches, Orbax checkpoints with exact mid-epoch resume, NaN stop, metrics,
+progress, evaluation through a `RetrievalEvaluator`, and model selection.
 
 Exact resume: a checkpoint stores the state, the epoch's per-item extras and
 the position (epoch, step in epoch). Batches are a pure function of
@@ -21,102 +22,65 @@ import time
 from typing import Any, Callable, Hashable, Mapping, Protocol
 
 import jax
+import ml_collections
 import numpy as np
 
 from common import parallel
-from common.checkpoint import Checkpointer, check_same_run
+from common import preemption
+from common import run_config
+from common.checkpoint import Checkpointer
 from common.data import pipeline
+from common.evaluator import RetrievalEvaluator
 from common.reporting import MetricsWriter, ProgressBar
+from common.run_config import check, check_choice
 
 PyTree = Any
 SELECTION_MODES = ("last", "val", "test_queries")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-  """Loop settings (the launchers fill these from flags).
-
-  Attributes:
-    epochs: epochs to train.
-    batch_size: GLOBAL batch size (all devices, all processes); the last
-      partial batch of an epoch is dropped so every step has the same shape.
-    seed: data-order seed (per-epoch shuffles derive from it).
-    workdir: checkpoints, metrics.jsonl, tensorboard/ and results go here.
-    parallel: "shard_map" or "pmap".
-    log_every: steps between metric fetches to the host (and NaN checks).
-    checkpoint_every: global steps between mid-epoch checkpoints (0: only at
-      epoch ends).
-    eval_every: epochs between evaluations (0: only after the last epoch).
-    keep: checkpoints kept (plus the best one when selecting on a score).
-    selection: "last" (report the last epoch), "val" (best epoch on a held-out
-      validation split) or "test_queries" (best epoch on the test queries, the
-      releases' protocol; every output says so).
-    progress: show a progress bar (process 0 only).
-  """
-
-  epochs: int
-  batch_size: int
-  seed: int
-  workdir: str
-  parallel: str = "shard_map"
-  log_every: int = 20
-  checkpoint_every: int = 0
-  eval_every: int = 1
-  keep: int = 3
-  selection: str = "last"
-  progress: bool = True
-
-  def validate(self) -> None:
-    checks = [
-        (self.epochs >= 1, f"--epochs={self.epochs}: must be >= 1"),
-        (self.batch_size >= 1, f"--batch_size={self.batch_size}: must be >= 1"),
-        (self.log_every >= 1, f"--log_every={self.log_every}: must be >= 1"),
-        (self.checkpoint_every >= 0,
-         f"--checkpoint_every={self.checkpoint_every}: must be >= 0"),
-        (self.eval_every >= 0, f"--eval_every={self.eval_every}: must be >= 0"),
-        (self.keep >= 1, f"--keep={self.keep}: must be >= 1"),
-        (self.selection in SELECTION_MODES,
-         f"--selection={self.selection!r}: expected one of {SELECTION_MODES}"),
-        (self.parallel in parallel.PARALLEL_MODES,
-         f"--parallel={self.parallel!r}: expected one of {parallel.PARALLEL_MODES}"),
-    ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
-    devices = jax.device_count()
-    if self.batch_size % devices:
-      raise ValueError(f"--batch_size={self.batch_size} is not divisible by the "
-                       f"{devices} devices of this run")
 
 
 class Method(Protocol):
   """What a hashing method provides to the loop."""
 
   name: str
-  num_phases: int
+  phases: tuple[Hashable, ...]   # every value `phase` returns; one compile each
 
   def init_state(self) -> PyTree:
-    """The initial train state (host or device arrays, unreplicated)."""
-
-  def step_body(self, state: PyTree, batch: Mapping[str, jax.Array],
-                extras: Mapping[str, jax.Array], *, phase: Hashable):
-    """Per-device step: (state, batch, extras) -> (state, reduced metrics)."""
+    """The initial train state (unreplicated)."""
 
   def phase(self, epoch: int) -> Hashable:
-    """The static phase of an epoch (one compilation per distinct value)."""
+    """The static phase of an epoch (e.g. warm-up vs robust)."""
 
-  def epoch_extras(self, state: PyTree, epoch: int) -> dict[str, np.ndarray]:
+  def step_body(self, state: PyTree, batch: Mapping[str, jax.Array],
+                extras: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
+                *, phase: Hashable):
+    """Per-device step -> (state, metrics reduced over devices); see common.parallel."""
+
+  def epoch_extras(self, state: PyTree, epoch: int,
+                   train: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-item arrays (N rows) for this epoch, indexed by batch["index"]."""
 
-  def epoch_summary(self, state: PyTree, epoch: int,
-                    extras: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """Host-side diagnostics after an epoch (logged as kind "epoch")."""
+  def epoch_summary(self, state: PyTree, epoch: int, extras: Mapping[str, np.ndarray],
+                    train: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str]:
+    """Host-side diagnostics after an epoch (logged as kind "epoch") and a line."""
 
-  def describe_epoch(self, summary: Mapping[str, Any]) -> str:
-    """One human-readable line from epoch_summary's output ("" for none)."""
+  def encode(self, state: PyTree, image: np.ndarray,
+             text: np.ndarray) -> dict[str, np.ndarray]:
+    """±1 codes: {"image", "text"} (cross-modal) or {"fused"} (multi-modal)."""
 
-  def evaluate(self, state: PyTree, split: str) -> tuple[dict, float]:
-    """Results on split "val" or "test", and the scalar score used to select."""
+
+def check_loop_config(config: ml_collections.ConfigDict) -> None:
+  """The loop's keys, before any compute (errors name config.<key>)."""
+  for key, minimum in (("epochs", 1), ("batch_size", 1), ("log_every", 1),
+                       ("checkpoint_every", 0), ("eval_every", 0), ("keep", 1),
+                       ("eval_batch_size", 1), ("seed", 0)):
+    value = config[key]
+    check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+          key, value, f"must be an integer >= {minimum}")
+  check_choice(config, "selection", SELECTION_MODES)
+  check_choice(config, "parallel", parallel.PARALLEL_MODES)
+  devices = jax.device_count()
+  check(config.batch_size % devices == 0, "batch_size", config.batch_size,
+        f"not divisible by the {devices} devices of this run")
 
 
 @dataclasses.dataclass
@@ -125,10 +89,7 @@ class LoopResult:
   results: dict
   selected_step: int
   selection: str
-
-
-def _position(meta: Mapping[str, Any]) -> tuple[int, int]:
-  return int(meta["epoch"]), int(meta["step_in_epoch"])
+  first_step_seconds: float | None = None
 
 
 def _mean_metrics(pending: list[Mapping[str, jax.Array]]) -> dict[str, float]:
@@ -136,69 +97,88 @@ def _mean_metrics(pending: list[Mapping[str, jax.Array]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopConfig,
-          *, flags: Mapping[str, Any] | None = None,
+def _checkpointer(config, workdir: str) -> Checkpointer:
+  return Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep,
+                      track_best=config.selection != "last")
+
+
+def train(method: Method, train_arrays: Mapping[str, np.ndarray],
+          config: ml_collections.ConfigDict, workdir: str, *,
+          evaluator: RetrievalEvaluator, record: Mapping[str, Any] | None = None,
           on_step: Callable[[int], None] | None = None,
           log: Callable[[str], None] = print) -> LoopResult:
   """Trains `method` on `train_arrays` (image/text/labels, N rows), resuming if possible.
 
   Args:
     method: the method (see `Method`).
-    train_arrays: the training split's arrays, fed through the seeded pipeline.
-    config: loop settings.
-    flags: the run's flags, stored in every checkpoint; resuming with
-      different ones is refused (see checkpoint.check_same_run).
-    on_step: called with the global step after each step (tests use it to
-      simulate a crash).
+    train_arrays: the training split's arrays, fed through the seeded pipeline
+      (keys besides image/text/labels, e.g. truth_* for diagnostics, ride along).
+    config: the run config (loop keys: epochs, batch_size, seed, ...).
+    workdir: checkpoints, metrics.jsonl and tensorboard/ go here.
+    evaluator: scores the method's codes on "test" (and "val").
+    record: what identifies the run (resolved config); stored in every
+      checkpoint, and resuming a checkpoint with a different record is refused.
+    on_step: called with the global step after each step (tests simulate crashes).
     log: where human-readable lines go (process 0 only).
-
-  Returns:
-    The final (selected) state and its test results.
   """
-  config.validate()
-  flags = dict(flags or {})
+  check_loop_config(config)
+  record = run_config.to_dict(record if record is not None else config)
   is_primary = jax.process_index() == 0
   log = log if is_primary else (lambda _: None)
   num_items = len(next(iter(train_arrays.values())))
+  check(config.batch_size <= num_items, "batch_size", config.batch_size,
+        f"larger than the {num_items} training items")
   steps_per_epoch = pipeline.steps_per_epoch(num_items, config.batch_size)
-  total_steps = steps_per_epoch * config.epochs
 
-  ckpt = Checkpointer(os.path.join(config.workdir, "checkpoints"), keep=config.keep,
-                      track_best=config.selection != "last")
-  writer = MetricsWriter(config.workdir, is_primary=is_primary)
+  ckpt = _checkpointer(config, workdir)
   driver = parallel.DataParallel(method.step_body, mode=config.parallel,
-                                 max_phases=method.num_phases)
-
+                                 max_phases=len(method.phases))
   state = method.init_state()
   extras: dict[str, np.ndarray] | None = None
   start_epoch, start_step = 0, 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    saved_meta = ckpt.read_meta(latest)
-    check_same_run(saved_meta.get("flags", {}), flags, workdir=config.workdir,
-                   may_differ=("epochs", "eval_every", "checkpoint_every", "keep",
-                               "log_every", "progress", "parallel"))
-    state, extras, meta = ckpt.restore(latest, state_template=state)
-    start_epoch, start_step = _position(meta)
+  # The newest checkpoint that restores (a damaged one is skipped with a warning).
+  found = ckpt.restore_newest_valid(
+      state_template=state, log=log,
+      check_meta=lambda meta: run_config.check_same_run(
+          meta.get("config", {}), record, workdir=workdir))
+  resume_step = None
+  if found is not None:
+    resume_step, state, extras, meta = found
+    start_epoch, start_step = int(meta["epoch"]), int(meta["step_in_epoch"])
     if start_step == 0:
       extras = None  # an epoch boundary: recompute as the uninterrupted run does
-    log(f"[{method.name}] resuming from {ckpt.directory} at global step {latest} "
+    log(f"[{method.name}] resuming from {ckpt.directory} at global step {resume_step} "
         f"(epoch {start_epoch}, step {start_step}/{steps_per_epoch})")
+  writer = MetricsWriter(workdir, is_primary=is_primary, resume_step=resume_step or 0)
   dstate = driver.put_state(state)
+  del state
+
+  saved = [resume_step]
 
   def save(global_step: int, epoch: int, step_in_epoch: int, score=None) -> None:
     meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "steps_per_epoch": steps_per_epoch, "flags": flags,
-            "selection": config.selection}
+            "steps_per_epoch": steps_per_epoch, "config": record}
     ckpt.save(global_step, state=driver.get_state(dstate), extras=extras or {},
               meta=meta, score=score)
+    saved[0] = global_step
+
+  def stop_if_preempted(global_step: int, epoch: int, step_in_epoch: int) -> None:
+    """On SIGTERM/SIGINT (agreed by all processes): checkpoint here and stop."""
+    if guard.should_stop(global_step):
+      if saved[0] != global_step:
+        save(global_step, epoch, step_in_epoch)
+      ckpt.wait()
+      raise guard.error(global_step)
 
   global_step = start_epoch * steps_per_epoch + start_step
+  first_step_seconds = None
+  started = time.time()
+  guard = preemption.PreemptionGuard()
   try:
+    guard.__enter__()
     for epoch in range(start_epoch, config.epochs):
-      host_state = driver.get_state(dstate)
       if extras is None:
-        extras = method.epoch_extras(host_state, epoch)
+        extras = method.epoch_extras(driver.get_state(dstate), epoch, train_arrays)
       phase = method.phase(epoch)
       bar = ProgressBar(steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                         enabled=config.progress and is_primary)
@@ -212,8 +192,12 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
       epoch_start = time.time()
       for step_in_epoch, batch in enumerate(batches, start=first_step):
         batch_extras = {k: v[batch["index"]] for k, v in extras.items()}
+        context = {"epoch": epoch, "step_in_epoch": step_in_epoch}
         dstate, metrics = driver.step(dstate, driver.put_rows(batch),
-                                      driver.put_rows(batch_extras), phase)
+                                      driver.put_rows(batch_extras), context, phase)
+        if first_step_seconds is None:
+          jax.block_until_ready(metrics)  # once: time to the first finished step
+          first_step_seconds = time.time() - started
         pending.append(metrics)
         global_step += 1
         due_checkpoint = (config.checkpoint_every
@@ -230,6 +214,8 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
           save(global_step, epoch, step_in_epoch + 1)
         if on_step is not None:
           on_step(global_step)
+        if step_in_epoch + 1 < steps_per_epoch:  # an epoch's end saves below
+          stop_if_preempted(global_step, epoch, step_in_epoch + 1)
       if pending:
         means = _mean_metrics(pending)
         parallel.check_finite(means, step=global_step, epoch=epoch)
@@ -237,10 +223,9 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
       bar.update(steps_per_epoch)
       bar.close()
       host_state = driver.get_state(dstate)
-      summary = method.epoch_summary(host_state, epoch, extras)
+      summary, line = method.epoch_summary(host_state, epoch, extras, train_arrays)
       summary["seconds"] = time.time() - epoch_start
       writer.write("epoch", global_step, dict(summary, epoch=epoch))
-      line = method.describe_epoch(summary)
       if line:
         log(f"[{method.name}] epoch {epoch + 1}: {line}")
       extras = None
@@ -248,15 +233,20 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
       last_epoch = epoch + 1 == config.epochs
       if (config.eval_every and (epoch + 1) % config.eval_every == 0) or last_epoch:
         split = "val" if config.selection == "val" else "test"
-        results, score = method.evaluate(host_state, split)
+        results, score = evaluator.evaluate(method, host_state, split)
         writer.write("eval", global_step, {"epoch": epoch, "split": split,
                                            "score": score, **results})
-        log(f"[{method.name}] epoch {epoch + 1}: {split} {_short(results)}"
+        log(f"[{method.name}] epoch {epoch + 1}: {split} {short_results(results)}"
             + ("  [selection on the TEST queries]" if config.selection == "test_queries"
                else ""))
       save(global_step, epoch + 1, 0,
            score=score if config.selection != "last" else None)
+      stop_if_preempted(global_step, epoch + 1, 0)
+  except BaseException:
+    writer.close()
+    raise
   finally:
+    guard.__exit__(None, None, None)  # the previous signal handlers are back
     ckpt.wait()
 
   selected = global_step
@@ -264,37 +254,42 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray], config: LoopCo
   if config.selection != "last":
     best = ckpt.best_step()
     if best is not None and best != global_step:
-      final_state, _, _ = ckpt.restore(best, state_template=method.init_state())
+      final_state, _, _ = ckpt.restore(best, state_template=final_state)
       selected = best
-  results, _ = method.evaluate(final_state, "test")
+  results, _ = evaluator.evaluate(method, final_state, "test")
   results = with_settings(results, selection=config.selection, selected_step=selected)
   writer.write("final", selected, results)
   writer.close()
   ckpt.close()
   return LoopResult(state=final_state, results=results, selected_step=selected,
-                    selection=config.selection)
+                    selection=config.selection, first_step_seconds=first_step_seconds)
 
 
-def restore_for_eval(method: Method, config: LoopConfig, *, step: int | None = None,
-                     flags: Mapping[str, Any] | None = None) -> tuple[PyTree, int]:
-  """(state, step) of checkpoint `step` in config.workdir.
+def restore_for_eval(method: Method, config: ml_collections.ConfigDict, workdir: str,
+                     *, step: int | None = None,
+                     record: Mapping[str, Any] | None = None) -> tuple[PyTree, int]:
+  """(state, step) of checkpoint `step` in workdir.
 
   The default step is the one a finished run reports: the best by score when
-  selecting, else the latest. With `flags`, a checkpoint written with other
-  settings is refused before anything is restored.
+  selecting, else the latest. With `record`, a checkpoint written with another
+  config is refused before anything is restored.
   """
-  ckpt = Checkpointer(os.path.join(config.workdir, "checkpoints"), keep=config.keep,
-                      track_best=config.selection != "last")
+  ckpt = _checkpointer(config, workdir)
   try:
+    steps = ckpt.all_steps()
     if step is None:
       step = ckpt.best_step() if config.selection != "last" else None
       step = ckpt.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "
-                              "(same flags, without --eval_only)")
-    if flags is not None:
-      check_same_run(ckpt.read_meta(step).get("flags", {}), flags,
-                     workdir=config.workdir, may_differ=("epochs",))
+                              "(the same config, without eval_only)")
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory}; "
+                              f"kept steps: {sorted(steps)}")
+    if record is not None:
+      run_config.check_same_run(ckpt.read_meta(step).get("config", {}),
+                                run_config.to_dict(record), workdir=workdir,
+                                ignore=run_config.MAY_DIFFER_ON_RESUME)
     state, _, _ = ckpt.restore(step, state_template=method.init_state())
   finally:
     ckpt.close()
@@ -306,7 +301,7 @@ def with_settings(results: Mapping[str, Any], **settings) -> dict:
   return dict(results, settings={**results.get("settings", {}), **settings})
 
 
-def _short(results: Mapping[str, Any]) -> str:
+def short_results(results: Mapping[str, Any]) -> str:
   """'i2t mAP 0.61  t2i mAP 0.60' from a results dict with per-direction maps."""
   return "  ".join(f"{k} mAP {v['map']:.4f}" for k, v in results.items()
                    if isinstance(v, Mapping) and "map" in v)

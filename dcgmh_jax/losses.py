@@ -8,50 +8,26 @@ members; an empty subset contributes exactly 0.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from common.codes import l2_normalize
 
 Array = jax.Array
 
 # The release's eps of its center loss (engine.code_center_loss).
 CENTER_EPS = 1e-5
-# Norm floor of l2 normalisation (torch.nn.functional.normalize's default).
-NORM_EPS = 1e-12
 
 
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
-
-
-def _check_rank(name: str, x, rank: int) -> None:
-  if jnp.ndim(x) != rank:
-    raise ValueError(
-        f"`{name}` must have rank {rank}, got shape {jnp.shape(x)}.")
-
-
-def _check_mask(name: str, mask, batch: int) -> None:
-  if jnp.shape(mask) != (batch,):
-    raise ValueError(
-        f"`{name}` must have shape ({batch},) to match the batch, got "
-        f"{jnp.shape(mask)}.")
-
-
-def _check_labels(name: str, labels, batch: int, num_classes: int) -> None:
-  if jnp.shape(labels) != (batch, num_classes):
-    raise ValueError(
-        f"`{name}` must have shape ({batch}, {num_classes}), got "
-        f"{jnp.shape(labels)}.")
-  if _is_concrete(labels):
-    values = np.asarray(labels)
-    if not np.all((values == 0) | (values == 1)):
-      raise ValueError(f"`{name}` must be binary (0/1) multi-hot labels.")
-
-
-def l2_normalize(x: Array, eps: float = NORM_EPS) -> Array:
-  """Row-wise x / max(‖x‖₂, eps), with a finite gradient at x = 0."""
-  sq = jnp.sum(x * x, axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+def _check_binary(name: str, labels) -> None:
+  """Value check on concrete labels (skipped under tracing)."""
+  if isinstance(labels, jax.core.Tracer):
+    return
+  values = np.asarray(labels)
+  if not np.all((values == 0) | (values == 1)):
+    raise ValueError(f"`{name}` must be binary (0/1) multi-hot labels.")
 
 
 def _as_weights(mask, batch: int, dtype) -> Array:
@@ -90,15 +66,14 @@ def center_loss(h: Array, centers: Array, labels: Array,
   Returns:
     Scalar loss.
   """
-  _check_rank("h", h, 2)
-  _check_rank("centers", centers, 2)
+  chex.assert_rank([h, centers], 2, custom_message="`h`, `centers`")
   batch, bits = h.shape
-  if centers.shape[1] != bits:
-    raise ValueError(
-        f"`centers` has {centers.shape[1]} bits but `h` has {bits}.")
-  _check_labels("labels", labels, batch, centers.shape[0])
+  chex.assert_shape(centers, (None, bits), custom_message="`centers` (C, K)")
+  chex.assert_shape(labels, (batch, centers.shape[0]),
+                    custom_message="`labels` (B, C)")
   if mask is not None:
-    _check_mask("mask", mask, batch)
+    chex.assert_shape(mask, (batch,), custom_message="`mask` (B,)")
+  _check_binary("labels", labels)
   y = jnp.asarray(labels).astype(h.dtype)
   logits = h @ centers.T / bits
   log_eps = jnp.log(jnp.asarray(eps, h.dtype))
@@ -128,10 +103,10 @@ def quantization_loss(h: Array, mask: Array | None = None) -> Array:
   Returns:
     Scalar loss.
   """
-  _check_rank("h", h, 2)
+  chex.assert_rank(h, 2)
   batch, bits = h.shape
   if mask is not None:
-    _check_mask("mask", mask, batch)
+    chex.assert_shape(mask, (batch,), custom_message="`mask` (B,)")
   weights = _as_weights(mask, batch, h.dtype)
   per_item = jnp.sum((h - jax.lax.stop_gradient(jnp.sign(h))) ** 2, axis=1)
   return (weights * per_item).sum() / (jnp.maximum(weights.sum(), 1.0) * bits)
@@ -154,7 +129,7 @@ def center_separation_loss(centers: Array) -> Array:
   Returns:
     Scalar loss.
   """
-  _check_rank("centers", centers, 2)
+  chex.assert_rank(centers, 2)
   num_classes, bits = centers.shape
   if num_classes < 2:
     return jnp.zeros((), centers.dtype)
@@ -188,11 +163,11 @@ def pair_loss(h: Array, labels: Array, mask: Array) -> Array:
   Returns:
     Scalar loss.
   """
-  _check_rank("h", h, 2)
-  _check_rank("labels", labels, 2)
+  chex.assert_rank([h, labels], 2, custom_message="`h`, `labels`")
   batch = h.shape[0]
-  _check_labels("labels", labels, batch, labels.shape[1])
-  _check_mask("mask", mask, batch)
+  chex.assert_shape(labels, (batch, None), custom_message="`labels` (B, C)")
+  chex.assert_shape(mask, (batch,), custom_message="`mask` (B,)")
+  _check_binary("labels", labels)
   m = jnp.asarray(mask).astype(h.dtype)
   h_hat = l2_normalize(h)
   y = jnp.asarray(labels).astype(h.dtype)
@@ -224,13 +199,10 @@ def unsupervised_contrastive_loss(h_aug: Array, h: Array, mask: Array, *,
   Returns:
     Scalar loss.
   """
-  _check_rank("h_aug", h_aug, 2)
-  _check_rank("h", h, 2)
-  if h_aug.shape != h.shape:
-    raise ValueError(
-        f"`h_aug` shape {h_aug.shape} must equal `h` shape {h.shape}.")
+  chex.assert_rank(h, 2)
+  chex.assert_equal_shape([h_aug, h], custom_message="`h_aug` and `h`")
   batch = h.shape[0]
-  _check_mask("mask", mask, batch)
+  chex.assert_shape(mask, (batch,), custom_message="`mask` (B,)")
   m = jnp.asarray(mask).astype(h.dtype)
   sim = l2_normalize(h_aug) @ l2_normalize(h).T
   size = m.sum()

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common.codes import TorchDense
+
 Array = jax.Array
-
-
-def torch_uniform_init(fan_in: int) -> nn.initializers.Initializer:
-  """U(−1/√fan_in, 1/√fan_in): PyTorch nn.Linear's default weight/bias init."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def _dense(features: int, fan_in: int, name: str) -> nn.Dense:
-  init = torch_uniform_init(fan_in)
-  return nn.Dense(features, kernel_init=init, bias_init=init, name=name)
 
 
 class _Tower(nn.Module):
@@ -39,7 +23,7 @@ class _Tower(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     for i, width in enumerate((self.hidden, self.out)):
-      x = _dense(width, x.shape[-1], f"dense{i + 1}")(x)
+      x = TorchDense(width, name=f"dense{i + 1}")(x)
       x = nn.BatchNorm(
           use_running_average=not train, momentum=self.bn_momentum,
           epsilon=self.bn_epsilon, axis_name=self.axis_name,
@@ -52,8 +36,8 @@ class DcgmhNet(nn.Module):
   """Image MLP + text MLP, summed, then Dense → BN → tanh to `bits` outputs.
 
   Holds the class centers as the parameter "centers" (C, K) ~ N(0, 1). The
-  model returns h only; the centers are read in the same apply through
-  `hash_and_centers` (or from variables["params"]["centers"]).
+  model returns h only; a train step reads the centers from
+  variables["params"]["centers"].
 
   BatchNorm: flax momentum 0.9 = PyTorch momentum 0.1, eps 1e-5. With
   axis_name set, batch statistics are averaged over that mapped axis (equal
@@ -92,12 +76,14 @@ class DcgmhNet(nn.Module):
                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
     self.image_mlp = _Tower(**tower)
     self.text_mlp = _Tower(**tower)
-    self.hash_dense = _dense(self.bits, fused, "hash_dense")
+    self.hash_dense = TorchDense(self.bits)
     self.hash_bn = nn.BatchNorm(
         momentum=self.bn_momentum, epsilon=self.bn_epsilon,
         axis_name=self.axis_name, use_fast_variance=False)
-    self.center_table = self.param(
-        "centers", nn.initializers.normal(1.0), (self.num_classes, self.bits))
+    # Read by the train step as params["centers"]; created here so that init
+    # builds it with the rest of the parameters.
+    self.param("centers", nn.initializers.normal(1.0),
+               (self.num_classes, self.bits))
 
   @property
   def fused_width(self) -> int:
@@ -123,18 +109,3 @@ class DcgmhNet(nn.Module):
              + self.text_mlp(text, train=train))
     x = self.hash_bn(self.hash_dense(fused), use_running_average=not train)
     return jnp.tanh(x)
-
-  def centers(self) -> Array:
-    """The (num_classes, bits) class centers."""
-    return self.center_table
-
-  def hash_and_centers(self, image: Array, text: Array, *,
-                       train: bool) -> tuple[Array, Array]:
-    """(h, centers) from one apply, for a train step differentiating both."""
-    return self(image, text, train=train), self.center_table
-
-
-def to_codes(h: Array) -> Array:
-  """Binary codes sign(h) ∈ {−1, +1} with sign(0) := +1, in h's dtype."""
-  h = jnp.asarray(h)
-  return jnp.where(h >= 0, 1, -1).astype(h.dtype)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dcgmh_jax import losses
+from common.codes import l2_normalize
 
 Array = jax.Array
 
@@ -28,25 +29,6 @@ _GMM_VAR_FLOOR = 1e-6
 _MAX_ESTIMATED_RATIO = 0.95
 
 
-def _check_rank(name: str, x, rank: int) -> None:
-  if jnp.ndim(x) != rank:
-    raise ValueError(
-        f"`{name}` must have rank {rank}, got shape {jnp.shape(x)}.")
-
-
-def _check_vector(name: str, x, length: int) -> None:
-  if jnp.shape(x) != (length,):
-    raise ValueError(
-        f"`{name}` must have shape ({length},), got {jnp.shape(x)}.")
-
-
-def _valid_mask(valid, batch: int) -> Array:
-  if valid is None:
-    return jnp.ones((batch,), bool)
-  _check_vector("valid", valid, batch)
-  return jnp.asarray(valid).astype(bool)
-
-
 def center_similarity(h: Array, centers: Array) -> Array:
   """s_ij = cos(h_i, c_j) = ĥ_i·ĉ_j with ĥ, ĉ l2-normalised (eps 1e-12).
 
@@ -57,12 +39,10 @@ def center_similarity(h: Array, centers: Array) -> Array:
   Returns:
     (B, C) cosine similarities.
   """
-  _check_rank("h", h, 2)
-  _check_rank("centers", centers, 2)
-  if h.shape[1] != centers.shape[1]:
-    raise ValueError(
-        f"`h` has {h.shape[1]} bits but `centers` has {centers.shape[1]}.")
-  return losses.l2_normalize(h) @ losses.l2_normalize(centers).T
+  chex.assert_rank([h, centers], 2, custom_message="`h`, `centers`")
+  chex.assert_equal_shape_suffix([h, centers], 1,
+                                 custom_message="`h` and `centers` bits")
+  return l2_normalize(h) @ l2_normalize(centers).T
 
 
 def consistency_scores(sim: Array, labels: Array) -> Array:
@@ -79,18 +59,15 @@ def consistency_scores(sim: Array, labels: Array) -> Array:
   Returns:
     (B,) scores κ.
   """
-  _check_rank("sim", sim, 2)
-  if jnp.shape(labels) != sim.shape:
-    raise ValueError(
-        f"`labels` shape {jnp.shape(labels)} must equal `sim` shape "
-        f"{sim.shape}.")
+  chex.assert_rank(sim, 2)
+  chex.assert_equal_shape([sim, labels], custom_message="`sim` and `labels`")
   y = jnp.asarray(labels).astype(sim.dtype)
   count = y.sum(axis=1)
   mean = (y * sim).sum(axis=1) / jnp.maximum(count, 1.0)
   return jnp.where(count > 0, mean, jnp.asarray(EMPTY_ROW_SCORE, sim.dtype))
 
 
-def noisy_count(noise_ratio, num_valid) -> Array:
+def noisy_count(noise_ratio, batch) -> Array:
   """n = ⌊τ·B⌋ in exact integer arithmetic, τ rounded to 6 decimals.
 
   Rounding τ first makes decimal ratios behave as written (⌊0.29·100⌋ = 29,
@@ -98,41 +75,38 @@ def noisy_count(noise_ratio, num_valid) -> Array:
   """
   scaled = jnp.round(jnp.clip(jnp.asarray(noise_ratio, jnp.float32), 0.0, 1.0)
                      * _RATIO_SCALE).astype(jnp.int32)
-  num_valid = jnp.asarray(num_valid, jnp.int32)
+  batch = jnp.asarray(batch, jnp.int32)
   # scaled·B / 10⁶ split as (hi·1000 + lo)·B / 10⁶ so nothing overflows int32.
   hi, lo = scaled // 1000, scaled % 1000
-  q1, r1 = hi * num_valid // 1000, hi * num_valid % 1000
-  return q1 + (r1 * 1000 + lo * num_valid) // _RATIO_SCALE
+  q1, r1 = hi * batch // 1000, hi * batch % 1000
+  return q1 + (r1 * 1000 + lo * batch) // _RATIO_SCALE
 
 
-def flag_noisy(scores: Array, noise_ratio, valid: Array | None = None) -> Array:
-  """Flags the ⌊τ·B⌋ lowest-κ valid items of the batch as noisy.
+def flag_noisy(scores: Array, noise_ratio) -> Array:
+  """Flags the ⌊τ·B⌋ lowest-κ items of the batch as noisy.
 
-  B is the number of valid items; invalid items are never flagged. Ties in κ
-  are broken by batch position (the lower position is flagged first), so the
-  count is exactly ⌊τ·B⌋ and the choice deterministic. τ may be traced: the
-  mask is rank_i < ⌊τ·B⌋ with rank the position of item i in the order
-  (invalid last, κ ascending, position ascending).
+  Ties in κ are broken by batch position (the lower position is flagged
+  first), so the count is exactly ⌊τ·B⌋ and the choice deterministic. τ may
+  be traced: the mask is rank_i < ⌊τ·B⌋ with rank the position of item i in
+  the order (κ ascending, position ascending).
 
   Args:
     scores: (B,) consistency scores κ (finite).
     noise_ratio: τ ∈ [0, 1], Python float or traced scalar.
-    valid: optional (B,) mask of real (non-padding) items.
 
   Returns:
     (B,) bool mask, True = noisy.
   """
-  _check_rank("scores", scores, 1)
+  chex.assert_rank(scores, 1)
   batch = scores.shape[0]
   if (isinstance(noise_ratio, (int, float, np.number))
       and not 0.0 <= noise_ratio <= 1.0):
     raise ValueError(f"`noise_ratio` must be in [0, 1], got {noise_ratio}.")
-  ok = _valid_mask(valid, batch)
   positions = jnp.arange(batch)
-  order = jnp.lexsort((positions, scores, ~ok))
+  order = jnp.lexsort((positions, scores))
   rank = jnp.zeros((batch,), jnp.int32).at[order].set(
       jnp.arange(batch, dtype=jnp.int32))
-  return ok & (rank < noisy_count(noise_ratio, ok.sum()))
+  return rank < noisy_count(noise_ratio, batch)
 
 
 def init_bank(num_items: int, num_classes: int, *,
@@ -154,17 +128,17 @@ def init_bank(num_items: int, num_classes: int, *,
 
 
 def update_bank(bank_sim: Array, bank_clean: Array, indices: Array,
-                sim: Array, noisy: Array, *, valid: Array | None = None,
+                sim: Array, noisy: Array, *,
                 refresh_clean: bool = False) -> tuple[Array, Array]:
   """Writes the batch's filter decisions into the memory bank.
 
-  For each valid batch item i with bank row n = indices[i]:
+  For each batch item i with bank row n = indices[i]:
     bank_sim[n]   = 0 if noisy_i else stop_gradient(s_i)
     bank_clean[n] = 0 if noisy_i else (1 if refresh_clean else bank_clean[n])
   The release never resets a flag (refresh_clean=False), so its clean set
-  only shrinks. Invalid (padding) items write nothing. Assumes the indices of
-  the valid items are distinct within a batch (one epoch permutation never
-  repeats an item); with duplicates, which write wins is unspecified.
+  only shrinks. Assumes the indices are distinct within a batch (one epoch
+  permutation never repeats an item); with duplicates, which write wins is
+  unspecified.
 
   Args:
     bank_sim: (N, C) stored similarity rows.
@@ -172,40 +146,34 @@ def update_bank(bank_sim: Array, bank_clean: Array, indices: Array,
     indices: (B,) global item indices into the bank.
     sim: (B, C) current center similarities.
     noisy: (B,) bool noisy flags.
-    valid: optional (B,) mask of real items.
     refresh_clean: whether an item judged clean now is marked clean again.
 
   Returns:
     Updated (bank_sim, bank_clean).
   """
-  _check_rank("bank_sim", bank_sim, 2)
-  _check_rank("sim", sim, 2)
+  chex.assert_rank([bank_sim, sim], 2, custom_message="`bank_sim`, `sim`")
+  chex.assert_equal_shape_suffix([bank_sim, sim], 1,
+                                 custom_message="`bank_sim` and `sim` classes")
   num_items = bank_sim.shape[0]
   batch = sim.shape[0]
-  if sim.shape[1] != bank_sim.shape[1]:
-    raise ValueError(
-        f"`sim` has {sim.shape[1]} classes but `bank_sim` has "
-        f"{bank_sim.shape[1]}.")
-  _check_vector("bank_clean", bank_clean, num_items)
-  _check_vector("indices", indices, batch)
-  _check_vector("noisy", noisy, batch)
+  chex.assert_shape(bank_clean, (num_items,), custom_message="`bank_clean`")
+  chex.assert_shape([indices, noisy], (batch,),
+                    custom_message="`indices`, `noisy`")
   if not isinstance(indices, jax.core.Tracer):
     idx = np.asarray(indices)
     if idx.size and (idx.min() < 0 or idx.max() >= num_items):
       raise ValueError(
           f"`indices` must lie in [0, {num_items}), got range "
           f"[{idx.min()}, {idx.max()}].")
-  ok = _valid_mask(valid, batch)
+  bank_sim, bank_clean = jnp.asarray(bank_sim), jnp.asarray(bank_clean)
   noisy = jnp.asarray(noisy).astype(bool)
-  # Invalid rows scatter out of bounds and are dropped.
-  target = jnp.where(ok, jnp.asarray(indices), num_items)
+  indices = jnp.asarray(indices)
   rows = jnp.where(noisy[:, None], 0.0,
                    jax.lax.stop_gradient(sim)).astype(bank_sim.dtype)
-  bank_sim = bank_sim.at[target].set(rows, mode="drop")
-  current = bank_clean[jnp.clip(target, 0, num_items - 1)].astype(bool)
-  keep = current | refresh_clean
+  bank_sim = bank_sim.at[indices].set(rows)
+  keep = bank_clean[indices].astype(bool) | refresh_clean
   flags = (~noisy & keep).astype(bank_clean.dtype)
-  bank_clean = bank_clean.at[target].set(flags, mode="drop")
+  bank_clean = bank_clean.at[indices].set(flags)
   return bank_sim, bank_clean
 
 
@@ -243,19 +211,15 @@ def reconstruct_labels(noisy_sim: Array, bank_sim: Array, bank_clean: Array,
   Returns:
     (new_labels (B, C) in bank_labels' dtype, reconstructed (B,) bool).
   """
-  _check_rank("noisy_sim", noisy_sim, 2)
-  _check_rank("bank_sim", bank_sim, 2)
+  chex.assert_rank([noisy_sim, bank_sim], 2,
+                   custom_message="`noisy_sim`, `bank_sim`")
   batch, num_classes = noisy_sim.shape
   num_items = bank_sim.shape[0]
-  if bank_sim.shape[1] != num_classes:
-    raise ValueError(
-        f"`bank_sim` has {bank_sim.shape[1]} classes but `noisy_sim` has "
-        f"{num_classes}.")
-  _check_vector("bank_clean", bank_clean, num_items)
-  if jnp.shape(bank_labels) != (num_items, num_classes):
-    raise ValueError(
-        f"`bank_labels` must have shape ({num_items}, {num_classes}), got "
-        f"{jnp.shape(bank_labels)}.")
+  chex.assert_shape(bank_sim, (num_items, num_classes),
+                    custom_message="`bank_sim` classes")
+  chex.assert_shape(bank_clean, (num_items,), custom_message="`bank_clean`")
+  chex.assert_shape(bank_labels, (num_items, num_classes),
+                    custom_message="`bank_labels`")
   available = num_items - (0 if self_indices is None else 1)
   if not 1 <= k <= available:
     raise ValueError(
@@ -265,15 +229,13 @@ def reconstruct_labels(noisy_sim: Array, bank_sim: Array, bank_clean: Array,
     raise ValueError(
         "reconstruct_labels needs `labels` or `self_indices` to return the "
         "unchanged labels of rows that are not reconstructed.")
-  if labels is not None and jnp.shape(labels) != (batch, num_classes):
-    raise ValueError(
-        f"`labels` must have shape ({batch}, {num_classes}), got "
-        f"{jnp.shape(labels)}.")
+  if labels is not None:
+    chex.assert_shape(labels, (batch, num_classes), custom_message="`labels`")
   if self_indices is not None:
-    _check_vector("self_indices", self_indices, batch)
+    chex.assert_shape(self_indices, (batch,), custom_message="`self_indices`")
   noisy = (jnp.ones((batch,), bool) if noisy is None
            else jnp.asarray(noisy).astype(bool))
-  _check_vector("noisy", noisy, batch)
+  chex.assert_shape(noisy, (batch,), custom_message="`noisy`")
 
   dots = noisy_sim @ bank_sim.T
   if self_indices is not None:
@@ -294,8 +256,7 @@ def reconstruct_labels(noisy_sim: Array, bank_sim: Array, bank_clean: Array,
   return new_labels, reconstructed
 
 
-def estimate_noise_ratio(scores: Array, valid: Array | None = None, *,
-                         num_iters: int = 100) -> Array:
+def estimate_noise_ratio(scores: Array, *, num_iters: int = 100) -> Array:
   """Estimates τ from κ with a two-component 1-D Gaussian mixture.
 
   EM for p(κ) = π₀ N(μ₀, σ₀²) + π₁ N(μ₁, σ₁²), a fixed number of iterations,
@@ -307,30 +268,23 @@ def estimate_noise_ratio(scores: Array, valid: Array | None = None, *,
 
   (The fraction of items assigned to the low component, not its mixture
   weight: with no separation, e.g. all κ equal, the two components coincide,
-  no posterior exceeds ½ and τ̂ = 0 rather than ½.) B = number of valid
-  items; τ̂ = 0 when B = 0.
+  no posterior exceeds ½ and τ̂ = 0 rather than ½.)
 
   Args:
-    scores: (B,) consistency scores κ.
-    valid: optional (B,) mask of real items.
+    scores: (B,) consistency scores κ, B ≥ 1.
     num_iters: EM iterations (static).
 
   Returns:
     Scalar float32 τ̂.
   """
-  _check_rank("scores", scores, 1)
+  chex.assert_rank(scores, 1)
+  chex.assert_axis_dimension_gt(scores, 0, 0, custom_message="`scores`")
   if num_iters < 1:
     raise ValueError(f"`num_iters` must be >= 1, got {num_iters}.")
-  batch = scores.shape[0]
-  ok = _valid_mask(valid, batch)
-  w = ok.astype(jnp.float32)
-  x = jnp.where(ok, jnp.asarray(scores, jnp.float32), 0.0)
-  n = w.sum()
-  safe_n = jnp.maximum(n, 1.0)
-  masked = jnp.where(ok, x, jnp.nan)
-  q25, q75 = jnp.nanquantile(masked, jnp.array([0.25, 0.75]))
-  q25, q75 = jnp.nan_to_num(q25), jnp.nan_to_num(q75)
-  overall_var = (w * (x - (w * x).sum() / safe_n) ** 2).sum() / safe_n
+  x = jnp.asarray(scores, jnp.float32)
+  n = x.shape[0]
+  q25, q75 = jnp.quantile(x, jnp.array([0.25, 0.75]))
+  overall_var = ((x - x.sum() / n) ** 2).sum() / n
   init_var = jnp.maximum(overall_var / 4.0, _GMM_VAR_FLOOR)
   init = (jnp.stack([q25, q75]), jnp.stack([init_var, init_var]),
           jnp.full((2,), 0.5, jnp.float32))
@@ -345,14 +299,14 @@ def estimate_noise_ratio(scores: Array, valid: Array | None = None, *,
     return jnp.exp(lj - jax.nn.logsumexp(lj, axis=1, keepdims=True))
 
   def em_step(_, params):
-    resp = posteriors(params) * w[:, None]
+    resp = posteriors(params)
     mass = resp.sum(axis=0)
     safe_mass = jnp.maximum(mass, 1e-12)
     mean = (resp * x[:, None]).sum(axis=0) / safe_mass
     var = (resp * (x[:, None] - mean[None, :]) ** 2).sum(axis=0) / safe_mass
     mean = jnp.where(mass > 1e-12, mean, params[0])
     var = jnp.maximum(jnp.where(mass > 1e-12, var, params[1]), _GMM_VAR_FLOOR)
-    weight = jnp.clip(mass / safe_n, 1e-6, 1.0)
+    weight = jnp.clip(mass / n, 1e-6, 1.0)
     return mean, var, weight / weight.sum()
 
   params = jax.lax.fori_loop(0, num_iters, em_step, init)
@@ -361,17 +315,16 @@ def estimate_noise_ratio(scores: Array, valid: Array | None = None, *,
   # p(low | κ) > ½  ⟺  log joint of low > that of high; comparing the log
   # joints directly keeps identical components (posteriors exactly ½) at 0.
   assigned_low = lj[:, low] > lj[:, 1 - low]
-  fraction = (assigned_low & ok).sum() / safe_n
+  fraction = assigned_low.sum() / n
   return jnp.clip(fraction, 0.0, _MAX_ESTIMATED_RATIO).astype(jnp.float32)
 
 
 def filter_diagnostics(noisy_mask: Array, reconstructed_mask: Array,
                        new_labels: Array, truly_corrupted: Array,
-                       clean_labels: Array,
-                       valid: Array | None = None) -> dict[str, Array]:
+                       clean_labels: Array) -> dict[str, Array]:
   """Counts (not ratios) describing the filter on one batch.
 
-  All counts are over valid items, int32, so a step can psum them and a loop
+  All counts are int32, so a step can psum them and a loop
   sum them over an epoch:
     items, corrupted (truly corrupted), flagged (noisy_mask),
     true_positives (flagged ∧ corrupted), reconstructed,
@@ -384,33 +337,27 @@ def filter_diagnostics(noisy_mask: Array, reconstructed_mask: Array,
     new_labels: (B, C) labels after reconstruction.
     truly_corrupted: (B,) whether the observed label differs from the clean.
     clean_labels: (B, C) clean ground-truth labels (diagnostics only).
-    valid: optional (B,) mask of real items.
 
   Returns:
     dict of scalar int32 counts.
   """
-  _check_rank("noisy_mask", noisy_mask, 1)
+  chex.assert_rank(noisy_mask, 1)
   batch = noisy_mask.shape[0]
-  for name, vec in (("reconstructed_mask", reconstructed_mask),
-                    ("truly_corrupted", truly_corrupted)):
-    _check_vector(name, vec, batch)
-  _check_rank("new_labels", new_labels, 2)
-  if jnp.shape(clean_labels) != jnp.shape(new_labels) or (
-      new_labels.shape[0] != batch):
-    raise ValueError(
-        f"`new_labels` {jnp.shape(new_labels)} and `clean_labels` "
-        f"{jnp.shape(clean_labels)} must both have shape ({batch}, C).")
-  ok = _valid_mask(valid, batch)
-  flagged = jnp.asarray(noisy_mask).astype(bool) & ok
-  rec = jnp.asarray(reconstructed_mask).astype(bool) & ok
-  corrupted = jnp.asarray(truly_corrupted).astype(bool) & ok
+  chex.assert_shape([reconstructed_mask, truly_corrupted], (batch,),
+                    custom_message="`reconstructed_mask`, `truly_corrupted`")
+  chex.assert_shape([new_labels, clean_labels], (batch, None),
+                    custom_message="`new_labels`, `clean_labels`")
+  chex.assert_equal_shape([new_labels, clean_labels])
+  flagged = jnp.asarray(noisy_mask).astype(bool)
+  rec = jnp.asarray(reconstructed_mask).astype(bool)
+  corrupted = jnp.asarray(truly_corrupted).astype(bool)
   equal = jnp.all(jnp.asarray(new_labels) == jnp.asarray(clean_labels), axis=1)
 
   def count(x):
     return x.sum().astype(jnp.int32)
 
   return {
-      "items": count(ok),
+      "items": jnp.asarray(batch, jnp.int32),
       "corrupted": count(corrupted),
       "flagged": count(flagged),
       "true_positives": count(flagged & corrupted),

@@ -1,4 +1,4 @@
-"""DCGMH training: state with the memory bank, the per-device step body, evaluation.
+"""DCGMH training: state with the memory bank, the per-device step body, encoding.
 
 Objective (spec dcgmh.md):
   warm-up (epoch < W):  L = L_center(all, ỹ) + α L_q + γ L_sep
@@ -10,60 +10,75 @@ computed on the GLOBAL batch, identically on every device; each device then
 takes 1/D of the global loss (parallel.local_share) and gradients are summed,
 so D devices equal one device on the same global batch. BatchNorm statistics
 are synchronised over the same axis. Warm-up and robust phase are the two
-compilations of a run.
+compilations of a run. Hyperparameters come from a run config
+(configs/dcgmh.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any, Hashable, Mapping
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
-from common import evaluation
 from common import parallel
-from common.data import Split
+from common.codes import to_codes
 from common.data import pipeline
+from common.run_config import check, check_positive
 from dcgmh_jax import augment
 from dcgmh_jax import losses
 from dcgmh_jax import noise_filter as nf
-from dcgmh_jax.model import DcgmhNet, to_codes
+from dcgmh_jax.model import DcgmhNet
 
 PyTree = Any
 DIAGNOSTIC_KEYS = ("items", "corrupted", "flagged", "true_positives", "reconstructed",
                    "reconstructed_correct", "unlabeled")
 
 
-@dataclasses.dataclass(frozen=True)
-class DcgmhConfig:
-  """Model, loss, filter and optimiser settings of one DCGMH run (see presets.py)."""
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """DCGMH's keys, before any compute (errors name config.<key>)."""
+  check_positive(config, ("bits", "hidden", "k", "lr", "lr_decay_every"))
+  check(config.fused is None or (isinstance(config.fused, int) and config.fused > 0),
+        "fused", config.fused, "must be a positive integer (None: 128 * bits)")
+  check(isinstance(config.warmup_epochs, int) and config.warmup_epochs >= 0,
+        "warmup_epochs", config.warmup_epochs, "must be an integer >= 0")
+  for key in ("alpha", "beta", "gamma", "eta", "margin", "weight_decay"):
+    check(isinstance(config[key], (int, float)) and config[key] >= 0, key,
+          config[key], "must be >= 0")
+  for key in ("momentum", "estimate_momentum", "lr_decay_factor"):
+    check(isinstance(config[key], (int, float)) and 0 <= config[key] <= 1, key,
+          config[key], "must be in [0, 1]")
+  ratio = config.noise_ratio
+  check(ratio is None or ratio == "auto" or (
+      isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+      and 0.0 <= ratio < 1.0), "noise_ratio", ratio,
+        "expected a number in [0, 1), 'auto', or None (the injected noise rate)")
 
-  bits: int = 32
-  num_classes: int = 24
-  hidden: int = 4096
-  fused: int | None = None          # None: 128 * bits
-  alpha: float = 1.0                # L_q
-  beta: float = 0.15                # L_unsup
-  gamma: float = 5.0                # L_sep
-  eta: float = 1.0                  # L_pair
-  margin: float = 0.7               # μ of L_unsup
-  k: int = 2                        # bank neighbours for reconstruction
-  warmup_epochs: int = 5
-  noise_ratio: float | None = 0.4   # None: estimated (--noise_ratio=auto)
-  refresh_clean: bool = False       # let bank clean flags recover (release: never)
-  lr: float = 0.005
-  momentum: float = 0.9
-  weight_decay: float = 1e-5
-  lr_decay_every: int = 100
-  lr_decay_factor: float = 0.1
-  seed: int = 851
-  estimate_momentum: float = 0.99   # EMA of the per-batch τ estimate
-  eval_batch_size: int = 1024
+
+def resolve_noise_ratio(config: ml_collections.ConfigDict, data) -> float | None:
+  """τ for the filter; None means estimate it (noise_ratio='auto').
+
+  Unset (None): the injected noise rate when this run injected the noise
+  (scbch/dcgmh/release protocols: the rate; symmetric: the fraction of items
+  whose labels changed), else estimated — the user's own noisy labels or
+  noise_protocol='none' have no known ratio.
+  """
+  ratio = config.noise_ratio
+  if ratio == "auto":
+    return None
+  if ratio is not None:
+    return float(ratio)
+  protocol = data.noise_summary["protocol"]
+  if protocol in ("scbch", "dcgmh", "release"):
+    return float(config.noise_rate)
+  if protocol == "symmetric":
+    return float(np.mean(data.corrupted))
+  return None
 
 
 @flax.struct.dataclass
@@ -87,14 +102,20 @@ class DcgmhState:
   diagnostics: dict
 
 
-def make_optimizer(config: DcgmhConfig, steps_per_epoch: int
-                   ) -> optax.GradientTransformation:
-  """SGD with momentum, L2 weight decay in the gradient, ×decay every N epochs."""
-  schedule = optax.exponential_decay(
-      config.lr, transition_steps=config.lr_decay_every * steps_per_epoch,
-      decay_rate=config.lr_decay_factor, staircase=True)
+def make_optimizer(config) -> optax.GradientTransformation:
+  """SGD momentum with L2 weight decay in the gradient, BEFORE the learning rate.
+
+  The step multiplies the result by -learning_rate(epoch) (torch SGD: the
+  momentum buffer holds raw gradients; lr scales the step).
+  """
   return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(schedule, momentum=config.momentum))
+                     optax.trace(decay=config.momentum))
+
+
+def learning_rate(config, epoch: jax.Array) -> jax.Array:
+  """lr · factor^⌊epoch / every⌋ (torch StepLR stepped once per epoch)."""
+  return config.lr * jnp.power(jnp.float32(config.lr_decay_factor),
+                               (epoch // config.lr_decay_every).astype(jnp.float32))
 
 
 def _zero_diagnostics() -> dict:
@@ -105,51 +126,58 @@ class DcgmhMethod:
   """DCGMH plugged into common.train_loop (see train_loop.Method)."""
 
   name = "dcgmh"
-  num_phases = 2  # warm-up and robust
+  phases = ("warmup", "robust")
+  empty_queries = "zero"  # the release's mAP convention
+  diagnostics = {"flag precision": "filter.precision",
+                 "flag recall": "filter.recall",
+                 "reconstructed / flagged": "filter.reconstructed_fraction",
+                 "reconstruction accuracy": "filter.reconstruction_accuracy",
+                 "unlabeled / flagged": "filter.unlabeled_fraction",
+                 "tau estimate": "noise_ratio_estimate",
+                 "bank clean fraction": "bank_clean_fraction"}
 
-  def __init__(self, config: DcgmhConfig, *, image_dim: int, text_dim: int,
-               train_labels: np.ndarray, steps_per_epoch: int,
-               eval_sets: Mapping[str, tuple[Split, Split]],
-               true_noise_ratio: float | None = None,
-               empty_queries: str = "zero"):
+  def __init__(self, config: ml_collections.ConfigDict, *, image_dim: int,
+               text_dim: int, train_labels: np.ndarray,
+               noise_ratio: float | None, true_noise_ratio: float | None = None):
     """
     Args:
-      config: hyperparameters.
+      config: the run config (configs/dcgmh.py keys).
       image_dim, text_dim: feature sizes.
-      train_labels: the observed (noisy) training labels (N, C).
-      steps_per_epoch: for the lr schedule and the per-epoch diagnostics reset.
-      eval_sets: {"test": (query, database)} (+ "val" when selecting on it).
+      train_labels: the observed (noisy) training labels (N, C): the bank's
+        labels (and C).
+      noise_ratio: τ, or None to estimate it (see resolve_noise_ratio).
       true_noise_ratio: the injected noise ratio when known (logged beside
-        the estimate; never used for training unless config.noise_ratio is it).
-      empty_queries: mAP convention ("zero" matches the release).
+        the estimate; never used for training).
     """
-    self.config = config
-    self.model = DcgmhNet(bits=config.bits, num_classes=config.num_classes,
-                          hidden=config.hidden, fused=config.fused,
-                          axis_name=parallel.AXIS)
-    self.eval_model = DcgmhNet(bits=config.bits, num_classes=config.num_classes,
-                               hidden=config.hidden, fused=config.fused)
-    self.tx = make_optimizer(config, steps_per_epoch)
-    self.steps_per_epoch = steps_per_epoch
+    self.config = ml_collections.FrozenConfigDict(config)
+    num_classes = int(np.shape(train_labels)[1])
+    model = functools.partial(DcgmhNet, bits=config.bits, num_classes=num_classes,
+                              hidden=config.hidden, fused=config.fused)
+    self.model = model(axis_name=parallel.AXIS)
+    self.eval_model = model()
+    self.tx = make_optimizer(config)
     self.image_dim, self.text_dim = image_dim, text_dim
+    self.num_classes = num_classes
     self.train_labels = np.asarray(train_labels, np.float32)
-    self.eval_sets = dict(eval_sets)
+    self.noise_ratio = noise_ratio
     self.true_noise_ratio = true_noise_ratio
-    self.empty_queries = empty_queries
+    # Values the run resolved from config and data (recorded with the config).
+    self.resolved = {"noise_ratio": "auto" if noise_ratio is None else noise_ratio,
+                     "fused": config.fused or 128 * config.bits}
     self._encode = jax.jit(functools.partial(self.eval_model.apply, train=False))
+    self._init = jax.jit(self._init_state)
 
   # --- state ------------------------------------------------------------------
 
-  def init_state(self) -> DcgmhState:
-    key = jax.random.key(self.config.seed)
-    init_key, bank_key, state_key = jax.random.split(key, 3)
+  def _init_state(self) -> DcgmhState:
+    init_key, bank_key, state_key = jax.random.split(jax.random.key(self.config.seed), 3)
     variables = self.eval_model.init(
         init_key, jnp.zeros((2, self.image_dim), jnp.float32),
         jnp.zeros((2, self.text_dim), jnp.float32), train=False)
     params = variables["params"]
-    bank_sim, bank_clean = nf.init_bank(len(self.train_labels), self.config.num_classes,
+    bank_sim, bank_clean = nf.init_bank(len(self.train_labels), self.num_classes,
                                         key=bank_key)
-    start_ratio = self.config.noise_ratio if self.config.noise_ratio is not None else 0.0
+    start_ratio = self.noise_ratio if self.noise_ratio is not None else 0.0
     return DcgmhState(
         params=params, batch_stats=variables["batch_stats"],
         opt_state=self.tx.init(params), step=jnp.zeros((), jnp.int32), rng=state_key,
@@ -158,10 +186,15 @@ class DcgmhMethod:
         noise_ratio_estimate=jnp.asarray(start_ratio, jnp.float32),
         diagnostics=_zero_diagnostics())
 
+  def init_state(self) -> DcgmhState:
+    """The initial state, built by one compiled program."""
+    return self._init()
+
   # --- the step -----------------------------------------------------------------
 
   def step_body(self, state: DcgmhState, batch: Mapping[str, jax.Array],
-                extras: Mapping[str, jax.Array], *, phase: Hashable):
+                extras: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
+                *, phase: Hashable):
     """Per-device step (runs under pmap or shard_map; see common.parallel)."""
     del extras
     cfg = self.config
@@ -179,10 +212,10 @@ class DcgmhMethod:
           batch["image"], batch["text"], train=True, mutable=["batch_stats"])
       centers = params["centers"]
       h_all = parallel.gather_rows(h)
-      sim = nf.center_similarity(jax.lax.stop_gradient(h_all), centers)
-      scores = jax.lax.stop_gradient(nf.consistency_scores(sim, labels_all))
-      aux = {"batch_stats": mutated["batch_stats"], "scores": scores,
-             "sim": jax.lax.stop_gradient(sim)}
+      sim = jax.lax.stop_gradient(
+          nf.center_similarity(jax.lax.stop_gradient(h_all), centers))
+      scores = nf.consistency_scores(sim, labels_all)
+      aux = {"batch_stats": mutated["batch_stats"], "scores": scores}
       base = (cfg.alpha * losses.quantization_loss(h_all)
               + cfg.gamma * losses.center_separation_loss(centers))
       if not robust:
@@ -190,15 +223,19 @@ class DcgmhMethod:
         aux["parts"] = {"center": total - base}
         return parallel.local_share(total), aux
 
-      ratio = (state.noise_ratio_estimate if cfg.noise_ratio is None
-               else jnp.asarray(cfg.noise_ratio, jnp.float32))
+      ratio = (state.noise_ratio_estimate if self.noise_ratio is None
+               else jnp.asarray(self.noise_ratio, jnp.float32))
       noisy = nf.flag_noisy(scores, ratio)
+      # The filter's inputs are equal on every device; typed as replicated
+      # (B rows, bit-exact), the N-row bank update below is replicated too and
+      # is computed once, with no N-row collective.
+      sim_r, noisy_r, index_r = parallel.as_replicated((sim, noisy, index_all))
       bank_sim, bank_clean = nf.update_bank(
-          state.bank_sim, state.bank_clean, index_all, aux["sim"], noisy,
+          state.bank_sim, state.bank_clean, index_r, sim_r, noisy_r,
           refresh_clean=cfg.refresh_clean)
       new_labels, reconstructed = nf.reconstruct_labels(
-          aux["sim"], bank_sim, bank_clean, state.bank_labels, k=cfg.k, noisy=noisy,
-          self_indices=index_all, labels=labels_all)
+          sim_r, bank_sim, bank_clean, state.bank_labels, k=cfg.k, noisy=noisy_r,
+          self_indices=index_r, labels=labels_all)
       unlabeled = noisy & ~reconstructed
       image_aug = augment.augment_image(batch["image"], image_key, row_ids=row_ids,
                                         axis_name=parallel.AXIS)
@@ -216,13 +253,17 @@ class DcgmhMethod:
                                    reconstructed),
       }
       total = parts["center"] + base + cfg.beta * parts["unsup"] + cfg.eta * parts["pair"]
-      aux.update(batch_stats=mutated["batch_stats"], parts=parts, noisy=noisy,
-                 reconstructed=reconstructed, new_labels=new_labels, ratio=ratio)
+      aux.update(batch_stats=mutated["batch_stats"], parts=parts, noisy=noisy_r,
+                 reconstructed=reconstructed, new_labels=new_labels, ratio=ratio,
+                 bank=(bank_sim, bank_clean))
       return parallel.local_share(total), aux
 
     loss, aux, grads = parallel.global_value_and_grad(share, state.params, has_aux=True)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    lr = learning_rate(cfg, context["epoch"])
+    params = optax.apply_updates(state.params,
+                                 jax.tree.map(lambda u: -lr * u, updates))
+    bank = aux.pop("bank", None)  # already replicated
     # Computed identically on every device from gathered inputs; as_replicated
     # makes that visible to shard_map (bit-exact, and small arrays only).
     aux = parallel.as_replicated(aux)
@@ -231,29 +272,31 @@ class DcgmhMethod:
         state.step == 0, estimate,
         cfg.estimate_momentum * state.noise_ratio_estimate
         + (1 - cfg.estimate_momentum) * estimate)
-    first_of_epoch = state.step % self.steps_per_epoch == 0
-    diagnostics = jax.tree.map(lambda d: jnp.where(first_of_epoch, 0, d),
+    # The loop passes the position in: counts restart at each epoch's first step.
+    diagnostics = jax.tree.map(lambda d: jnp.where(context["step_in_epoch"] == 0, 0, d),
                                state.diagnostics)
-    metrics = {"loss": loss, "noise_ratio_estimate": new_estimate, **aux["parts"]}
+    metrics = {"loss": loss, "noise_ratio_estimate": new_estimate, "lr": lr,
+               **aux["parts"]}
     new_state = state.replace(params=params, batch_stats=aux["batch_stats"],
                               opt_state=opt_state, step=state.step + 1,
                               noise_ratio_estimate=new_estimate)
     if robust:
-      # The bank update again, from the replicated batch rows: the N-row bank
-      # stays replicated without any N-row collective.
-      bank_sim, bank_clean = nf.update_bank(
-          state.bank_sim, state.bank_clean, parallel.as_replicated(index_all),
-          aux["sim"], aux["noisy"], refresh_clean=cfg.refresh_clean)
-      counts = nf.filter_diagnostics(
-          aux["noisy"], aux["reconstructed"], aux["new_labels"],
-          parallel.as_replicated(parallel.gather_rows(batch["truth_corrupted"])),
-          parallel.as_replicated(parallel.gather_rows(batch["truth_labels"])))
+      truth_corrupted = batch.get("truth_corrupted")
+      truth_labels = batch.get("truth_labels")
+      if truth_corrupted is not None:
+        truth_corrupted, truth_labels = parallel.as_replicated(
+            (parallel.gather_rows(truth_corrupted), parallel.gather_rows(truth_labels)))
+      else:  # the truth is unknown: the counts that need it are dropped on the host
+        truth_corrupted = jnp.zeros_like(aux["noisy"])
+        truth_labels = aux["new_labels"]
+      counts = nf.filter_diagnostics(aux["noisy"], aux["reconstructed"],
+                                     aux["new_labels"], truth_corrupted, truth_labels)
       diagnostics = {k: diagnostics[k] + counts[k] for k in DIAGNOSTIC_KEYS}
       metrics.update(noise_ratio_used=aux["ratio"],
                      flagged=counts["flagged"].astype(jnp.float32),
                      reconstructed=counts["reconstructed"].astype(jnp.float32),
                      unlabeled=counts["unlabeled"].astype(jnp.float32))
-      new_state = new_state.replace(bank_sim=bank_sim, bank_clean=bank_clean)
+      new_state = new_state.replace(bank_sim=bank[0], bank_clean=bank[1])
     return new_state.replace(diagnostics=diagnostics), metrics
 
   def phase(self, epoch: int) -> Hashable:
@@ -261,55 +304,51 @@ class DcgmhMethod:
 
   # --- per epoch ------------------------------------------------------------------
 
-  def epoch_extras(self, state: DcgmhState, epoch: int) -> dict[str, np.ndarray]:
+  def epoch_extras(self, state: DcgmhState, epoch: int,
+                   train: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {}
 
   def epoch_summary(self, state: DcgmhState, epoch: int,
-                    extras: Mapping[str, np.ndarray]) -> dict[str, Any]:
+                    extras: Mapping[str, np.ndarray],
+                    train: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str]:
+    truth_known = "truth_corrupted" in train
     summary = {"phase": self.phase(epoch),
                "noise_ratio_estimate": float(state.noise_ratio_estimate),
-               "noise_ratio_true": self.true_noise_ratio,
                "bank_clean_fraction": float(np.mean(np.asarray(state.bank_clean)))}
-    if self.phase(epoch) == "robust":
-      sums = {k: int(v) for k, v in parallel.fetch(state.diagnostics).items()}
-      summary["filter_counts"] = sums
-      if sums["items"] and sums["corrupted"] + sums["flagged"] > 0:
-        summary["filter"] = nf.diagnostics_ratios(sums)
-    return summary
-
-  def describe_epoch(self, summary: Mapping[str, Any]) -> str:
-    truth = summary["noise_ratio_true"]
+    truth = self.true_noise_ratio
+    if truth is not None:
+      summary["noise_ratio_true"] = truth
     line = (f"{summary['phase']}; tau estimate {summary['noise_ratio_estimate']:.3f}"
             + (f" (true {truth:.3f})" if truth is not None else "")
             + f"; bank clean {summary['bank_clean_fraction']:.3f}")
-    f = summary.get("filter")
-    if f:
-      line += (f"; filter precision {f['precision']:.3f} recall {f['recall']:.3f}, "
-               f"reconstructed {f['reconstructed_fraction']:.3f} of flagged "
-               f"({f['reconstruction_accuracy']:.3f} correct)")
-    return line
+    if summary["phase"] == "robust":
+      sums = {k: int(v) for k, v in parallel.fetch(state.diagnostics).items()}
+      if not truth_known:  # precision/recall need the truth: omitted, not faked
+        sums = {k: sums[k] for k in ("items", "flagged", "reconstructed", "unlabeled")}
+      summary["filter_counts"] = sums
+      if truth_known and sums["items"] and sums["corrupted"] + sums["flagged"] > 0:
+        f = summary["filter"] = nf.diagnostics_ratios(sums)
+        line += (f"; filter precision {f['precision']:.3f} recall {f['recall']:.3f}, "
+                 f"reconstructed {f['reconstructed_fraction']:.3f} of flagged "
+                 f"({f['reconstruction_accuracy']:.3f} correct)")
+    return summary, line
 
-  # --- evaluation -----------------------------------------------------------------
+  # --- encoding -------------------------------------------------------------------
 
-  def codes(self, state: DcgmhState, split: Split) -> np.ndarray:
-    """±1 fused codes of a split's items (BatchNorm in inference mode)."""
+  def encode(self, state: DcgmhState, image: np.ndarray,
+             text: np.ndarray) -> dict[str, np.ndarray]:
+    """±1 fused codes (int8), BatchNorm in inference mode."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     h = pipeline.map_batches(
         lambda b: self._encode(variables, b["image"], b["text"]),
-        {"image": split.image, "text": split.text}, self.config.eval_batch_size)
-    return np.asarray(to_codes(h), np.int8)
+        {"image": image, "text": text}, self.config.eval_batch_size)
+    return {"fused": np.asarray(to_codes(h), np.int8)}
 
-  def export_codes(self, state: DcgmhState, split: str = "test") -> dict[str, np.ndarray]:
-    """±1 fused codes + labels in launch/evaluate.py's single-direction .npz layout."""
-    query, database = self.eval_sets[split]
-    return {"query": self.codes(state, query), "db": self.codes(state, database),
-            "query_labels": query.labels, "db_labels": database.labels}
 
-  def evaluate(self, state: DcgmhState, split: str) -> tuple[dict, float]:
-    if split not in self.eval_sets:
-      raise KeyError(f"no evaluation set {split!r} (have {sorted(self.eval_sets)})")
-    query, database = self.eval_sets[split]
-    results = evaluation.evaluate_multi_modal(
-        self.codes(state, query), self.codes(state, database), query.labels,
-        database.labels, empty_queries=self.empty_queries)
-    return results, float(results["fused"]["map"])
+def build(config: ml_collections.ConfigDict, data) -> DcgmhMethod:
+  """The method for a run's config and data (common.experiment calls this)."""
+  true_ratio = float(np.mean(data.corrupted)) if data.truth_known else None
+  return DcgmhMethod(config, image_dim=data.splits.image_dim,
+                     text_dim=data.splits.text_dim, train_labels=data.train_labels,
+                     noise_ratio=resolve_noise_ratio(config, data),
+                     true_noise_ratio=true_ratio)

@@ -12,17 +12,15 @@ image_db, text_db, query_labels, db_labels) or the single-direction ones
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from absl import app
 from absl import flags
 
-from common import entry
 from common import evaluation
 from common import metrics
+from launch import cli
 
 CROSS_MODAL = "cross_modal"
 SINGLE = "single"
@@ -66,8 +64,8 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A workdir written by nhj-scbch / nhj-dcgmh: evaluates the "
     "<method>_codes.npz its run (or its --eval_only) wrote.")
 _STEP = flags.DEFINE_integer(
-    "step", None, "With --workdir: evaluate this kept checkpoint (global step) by "
-    "re-running the run's launcher with its saved flags.txt and --eval_only; "
+    "step", None, "With --workdir: evaluate this kept checkpoint (global step) with "
+    "the run's saved config.json (writes <method>_step<N>_* into the workdir); "
     "without it the codes of the finished run are used.", lower_bound=0)
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", None, "Directory for the JSON and PNG files (default with "
@@ -150,24 +148,11 @@ def workdir_codes(workdir: str) -> str:
 
 
 def export_checkpoint_codes(workdir: str, step: int) -> str:
-  """Runs the workdir's launcher with its flags.txt and --eval_only --eval_step;
-  returns the codes file it wrote."""
-  flagfile = os.path.join(workdir, "flags.txt")
-  if not os.path.isfile(flagfile):
-    raise FileNotFoundError(f"--workdir: no flags.txt in {workdir!r} (written by "
-                            "nhj-scbch / nhj-dcgmh when a run starts).")
-  with open(flagfile, encoding="utf-8") as f:
-    first = f.readline().strip()
-  launcher = first.removeprefix("# launcher:").strip()
-  if launcher not in ("launch.scbch", "launch.dcgmh"):
-    raise ValueError(f"{flagfile}: first line names no launcher ({first!r}).")
-  command = [sys.executable, "-m", launcher, f"--flagfile={flagfile}",
-             f"--workdir={workdir}", "--eval_only", f"--eval_step={step}", "--noprogress"]
-  proc = subprocess.run(command, capture_output=True, text=True, check=False)
-  if proc.returncode:
-    raise ValueError(f"--step={step}: {' '.join(command)} failed:\n"
-                     f"{proc.stderr.strip().splitlines()[-1] if proc.stderr else ''}")
-  method = launcher.split(".")[1]
+  """Evaluates checkpoint `step` of `workdir` with its config.json (eval_only);
+  returns the codes file that writes."""
+  from common import experiment  # pylint: disable=g-import-not-at-top
+  results = experiment.evaluate_checkpoint(workdir, step, log=lambda _: None)
+  method = results["settings"]["method"]
   return os.path.join(workdir, f"{method}_step{step}_codes.npz")
 
 
@@ -227,6 +212,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   out_dir = _OUT_DIR.value or (
       os.path.join(_WORKDIR.value, "eval") if _WORKDIR.value else None)
+  prefix = _PREFIX.value
+  if _WORKDIR.value and _STEP.value is not None and not flags.FLAGS["prefix"].present:
+    prefix = f"{prefix}_step{_STEP.value}"  # one checkpoint's files never replace another's
   if not out_dir:
     raise ValueError("--out_dir is required (or give --workdir).")
   precision_ns = _precision_ns_from_flag()
@@ -236,7 +224,7 @@ def main(argv: Sequence[str]) -> None:
         "--direction names a single-direction result; cross-modal input "
         "always gives i2t and t2i.")
   results, paths = evaluate_and_write(
-      kind, arrays, out_dir, prefix=_PREFIX.value, ties=_TIES.value,
+      kind, arrays, out_dir, prefix=prefix, ties=_TIES.value,
       empty_queries=_EMPTY_QUERIES.value, topk=_TOPK.value,
       precision_ns=precision_ns, num_points=_NUM_POINTS.value,
       direction=_DIRECTION.value)
@@ -245,10 +233,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"{name}: {path}")
 
 
-def run() -> None:
+def cli_main() -> None:
   """Console-script entry point (nhj-evaluate)."""
-  entry.run_main(main)
+  cli.run_main(main)
 
 
 if __name__ == "__main__":
-  run()
+  cli_main()

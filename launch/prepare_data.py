@@ -53,10 +53,10 @@ def main(argv):
   print(report)
 
 
-def run():
+def cli_main():
   """Console-script entry point (nhj-prepare-data)."""
   app.run(main)
 
 
 if __name__ == "__main__":
-  run()
+  cli_main()

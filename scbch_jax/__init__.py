@@ -1,5 +1,11 @@
-"""SCBCH: semantic-consistent bidirectional contrastive hashing (cross-modal)."""
+"""SCBCH: semantic-consistent bidirectional contrastive hashing (cross-modal).
 
+    from configs import scbch as scbch_configs
+    import scbch_jax
+    results = scbch_jax.run(scbch_configs.get_config("synthetic:tiny"), "runs/t")
+"""
+
+from common import experiment as _experiment
 from scbch_jax.cscc import consistency_auc
 from scbch_jax.cscc import neighbour_consistency_weights
 from scbch_jax.losses import bsch_loss
@@ -8,26 +14,35 @@ from scbch_jax.losses import classification_loss
 from scbch_jax.losses import label_jaccard
 from scbch_jax.losses import label_jaccard_rows
 from scbch_jax.losses import quantization_loss
-from scbch_jax.model import l2_normalize
 from scbch_jax.model import ScbchNet
-from scbch_jax.model import to_codes
-from scbch_jax.presets import get_preset
-from scbch_jax.presets import PRESETS
-from scbch_jax.presets import ScbchPreset
+from scbch_jax.train import ScbchMethod
+from scbch_jax.train import TrainState
+from scbch_jax.train import make_optimizer
+from scbch_jax.train import scbch_objective
+
+
+def run(config, workdir: str, **kwargs) -> dict:
+  """Trains and evaluates SCBCH from a configs/scbch.py config (see
+  common.experiment.run for the keyword arguments); returns the results."""
+  if config.method != "scbch":
+    raise ValueError(f"config.method={config.method!r}: scbch_jax.run needs an "
+                     "SCBCH config (configs/scbch.py)")
+  return _experiment.run(config, workdir, **kwargs)
+
 
 __all__ = [
-    "PRESETS",
+    "ScbchMethod",
     "ScbchNet",
-    "ScbchPreset",
+    "TrainState",
     "bsch_loss",
     "bsch_loss_rows",
     "classification_loss",
     "consistency_auc",
-    "get_preset",
-    "l2_normalize",
     "label_jaccard",
     "label_jaccard_rows",
+    "make_optimizer",
     "neighbour_consistency_weights",
     "quantization_loss",
-    "to_codes",
+    "run",
+    "scbch_objective",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 
+import chex
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -19,15 +20,10 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import scipy.stats
 
-_NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default
+from common.codes import l2_normalize
+
 _VOTE_EPS = 1e-8  # added to the neighbour-similarity sum, as in the release
 _COSINE_EPS = 1e-8  # torch.nn.functional.cosine_similarity's default
-
-
-def _unit_rows(x: jax.Array) -> jax.Array:
-  """x / max(||x||, 1e-12) per row."""
-  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, _NORMALIZE_EPS)
 
 
 def _block_weights(feats: jax.Array, labels: jax.Array, ids: jax.Array,
@@ -59,7 +55,7 @@ def _weights_for_rows(u: jax.Array, v: jax.Array, labels: jax.Array,
                       row_ids: jax.Array, gamma: jax.Array, *, k: int,
                       block: int, mesh: Mesh | None) -> jax.Array:
   """Weights of `row_ids` (length a multiple of devices * block)."""
-  feats = jnp.concatenate([_unit_rows(u), _unit_rows(v)], axis=-1)
+  feats = jnp.concatenate([l2_normalize(u), l2_normalize(v)], axis=-1)
 
   def local(feats, labels, ids, gamma):
     blocks = ids.reshape(-1, block)
@@ -83,15 +79,11 @@ def _default_mesh() -> Mesh | None:
 
 def _validate(u, v, labels, k, gamma, block_size, mesh, rows) -> tuple[int, int]:
   """Checks everything that is cheap to check; returns the row range."""
-  if jnp.ndim(u) != 2 or jnp.ndim(v) != 2 or jnp.ndim(labels) != 2:
-    raise ValueError(
-        "`u`, `v` and `labels` must be 2-D, got shapes "
-        f"{jnp.shape(u)}, {jnp.shape(v)}, {jnp.shape(labels)}.")
+  chex.assert_rank([u, v, labels], 2, custom_message="`u`, `v`, `labels`")
+  chex.assert_equal_shape_prefix([u, v, labels], 1,
+                                 custom_message="number of rows")
+  chex.assert_axis_dimension_gt(u, 0, 0, custom_message="number of rows")
   n = u.shape[0]
-  if n == 0 or v.shape[0] != n or labels.shape[0] != n:
-    raise ValueError(
-        "`u`, `v` and `labels` need the same non-zero number of rows, got "
-        f"{u.shape[0]}, {v.shape[0]}, {labels.shape[0]}.")
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
     raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
   if not 0.0 <= gamma <= 1.0:
@@ -206,10 +198,8 @@ def consistency_auc(weights: np.ndarray, corrupted_mask: np.ndarray) -> float:
   """
   w = np.asarray(weights, dtype=np.float64)
   mask = np.asarray(corrupted_mask)
-  if w.ndim != 1 or mask.shape != w.shape:
-    raise ValueError(
-        "`weights` and `corrupted_mask` must be 1-D of one length, got "
-        f"{w.shape} and {mask.shape}.")
+  chex.assert_rank(w, 1, custom_message="`weights` 1-D")
+  chex.assert_equal_shape([w, mask], custom_message="`corrupted_mask` 1-D")
   if not np.all(np.isfinite(w)):
     raise ValueError("`weights` contains NaN or Inf.")
   if mask.dtype != np.bool_:

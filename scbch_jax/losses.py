@@ -7,6 +7,7 @@ all-gathered batch; the global-batch form is the row form with every row.
 
 from __future__ import annotations
 
+import chex
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -14,11 +15,6 @@ import numpy as np
 import optax
 
 _JACCARD_EPS = 1e-8
-
-
-def _check_2d(name: str, x: jax.Array) -> None:
-  if jnp.ndim(x) != 2:
-    raise ValueError(f"`{name}` must be 2-D, got shape {jnp.shape(x)}.")
 
 
 def _check_binary_if_concrete(name: str, labels: jax.Array) -> None:
@@ -43,12 +39,9 @@ def label_jaccard_rows(labels_rows: jax.Array,
   Returns:
     (R, N) float32 overlap; 0 for any pair involving an empty label row.
   """
-  _check_2d("labels_rows", labels_rows)
-  _check_2d("labels_all", labels_all)
-  if labels_rows.shape[1] != labels_all.shape[1]:
-    raise ValueError(
-        "`labels_rows` and `labels_all` need the same number of classes, got "
-        f"{labels_rows.shape[1]} and {labels_all.shape[1]}.")
+  chex.assert_rank([labels_rows, labels_all], 2)
+  chex.assert_equal_shape_suffix([labels_rows, labels_all], 1,
+                                 custom_message="number of classes")
   yr = jnp.asarray(labels_rows, jnp.float32)
   ya = jnp.asarray(labels_all, jnp.float32)
   inter = jnp.matmul(yr, ya.T, precision=lax.Precision.HIGHEST)
@@ -105,22 +98,17 @@ def bsch_loss_rows(u_rows: jax.Array, v_rows: jax.Array,
   Returns:
     Scalar float32.
   """
-  for name, x in (("u_rows", u_rows), ("v_rows", v_rows),
-                  ("labels_rows", labels_rows), ("u", u), ("v", v),
-                  ("labels", labels)):
-    _check_2d(name, x)
-  n, k = u.shape
+  chex.assert_rank([u_rows, v_rows, labels_rows, u, v, labels], 2)
+  chex.assert_equal_shape([u, v], custom_message="`u` and `v`")
+  chex.assert_equal_shape([u_rows, v_rows], custom_message="`u_rows`, `v_rows`")
+  chex.assert_equal_shape_prefix([u, labels], 1, custom_message="`labels` N")
+  chex.assert_equal_shape_prefix([u_rows, labels_rows], 1,
+                                 custom_message="`labels_rows` R")
+  chex.assert_equal_shape_suffix([u_rows, u], 1, custom_message="code bits")
+  chex.assert_equal_shape_suffix([labels_rows, labels], 1,
+                                 custom_message="`labels` classes")
+  n = u.shape[0]
   r = u_rows.shape[0]
-  if v.shape != (n, k):
-    raise ValueError(f"`v` must have the shape of `u` {u.shape}, got {v.shape}.")
-  if u_rows.shape != (r, k) or v_rows.shape != (r, k):
-    raise ValueError(
-        f"`u_rows` and `v_rows` must both be (R, {k}), got {u_rows.shape} "
-        f"and {v_rows.shape}.")
-  if labels.shape[0] != n or labels_rows.shape != (r, labels.shape[1]):
-    raise ValueError(
-        f"`labels` must be ({n}, C) and `labels_rows` ({r}, C), got "
-        f"{labels.shape} and {labels_rows.shape}.")
   if not 1 <= r <= n:
     raise ValueError(f"need 1 <= R <= N for the rows, got R={r}, N={n}.")
   if not tau > 0:
@@ -198,10 +186,8 @@ def quantization_loss(u: jax.Array, v: jax.Array) -> jax.Array:
   Returns:
     Scalar float32.
   """
-  _check_2d("u", u)
-  _check_2d("v", v)
-  if u.shape != v.shape:
-    raise ValueError(f"`u` {u.shape} and `v` {v.shape} must have one shape.")
+  chex.assert_rank(u, 2)
+  chex.assert_equal_shape([u, v], custom_message="`u` and `v`")
   u = u.astype(jnp.float32)
   v = v.astype(jnp.float32)
   return jnp.mean(jnp.abs(u - jnp.sign(u))) + jnp.mean(jnp.abs(v - jnp.sign(v)))
@@ -228,13 +214,9 @@ def classification_loss(logits_u: jax.Array, logits_v: jax.Array,
   Returns:
     Scalar float32.
   """
-  for name, x in (("logits_u", logits_u), ("logits_v", logits_v),
-                  ("labels", labels)):
-    _check_2d(name, x)
-  if logits_u.shape != labels.shape or logits_v.shape != labels.shape:
-    raise ValueError(
-        f"`logits_u` {logits_u.shape}, `logits_v` {logits_v.shape} and "
-        f"`labels` {labels.shape} must have one shape.")
+  chex.assert_rank(labels, 2)
+  chex.assert_equal_shape([logits_u, logits_v, labels],
+                          custom_message="`logits_u`, `logits_v`, `labels`")
   _check_binary_if_concrete("labels", labels)
   y = labels.astype(jnp.float32)
   bce_u = optax.sigmoid_binary_cross_entropy(logits_u.astype(jnp.float32), y)
@@ -242,7 +224,5 @@ def classification_loss(logits_u: jax.Array, logits_v: jax.Array,
   per_item = 0.5 * (bce_u.mean(-1) + bce_v.mean(-1))
   if weights is None:
     return per_item.mean()
-  if jnp.shape(weights) != (labels.shape[0],):
-    raise ValueError(
-        f"`weights` must be ({labels.shape[0]},), got {jnp.shape(weights)}.")
+  chex.assert_shape(weights, (labels.shape[0],), custom_message="`weights`")
   return jnp.mean(weights.astype(jnp.float32) * per_item)

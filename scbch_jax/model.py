@@ -8,40 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_L2_EPS = 1e-12
-
-
-def _torch_uniform(fan_in: int):
-  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch nn.Linear's default init."""
-  bound = 1.0 / (fan_in ** 0.5)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-class TorchDense(nn.Module):
-  """Dense layer with PyTorch nn.Linear's default initialisation.
-
-  Both kernel and bias ~ U(+-1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)
-  reduces to that bound), so a run starts where the release's does in
-  distribution; flax's lecun_normal/zeros would not.
-  """
-
-  features: int
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    fan_in = x.shape[-1]
-    kernel = self.param("kernel", _torch_uniform(fan_in),
-                        (fan_in, self.features), self.param_dtype)
-    bias = self.param("bias", _torch_uniform(fan_in), (self.features,),
-                      self.param_dtype)
-    x = x.astype(self.dtype)
-    return x @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+from common.codes import l2_normalize
+from common.codes import TorchDense
 
 
 class Tower(nn.Module):
@@ -54,22 +22,10 @@ class Tower(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    # Auto-named TorchDense_0, TorchDense_1, ... (checkpoint parameter paths).
     for width in self.hidden:
       x = nn.relu(TorchDense(width, self.dtype, self.param_dtype)(x))
     return TorchDense(self.bits, self.dtype, self.param_dtype)(x)
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-  """x / max(||x||, 1e-12) per row, with a finite gradient at x = 0."""
-  sq = jnp.sum(x * x, axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, _L2_EPS ** 2))
-
-
-def to_codes(x: jax.Array) -> jax.Array:
-  """Binary codes sign(x) in {-1, +1} (0 maps to +1); same float dtype."""
-  x = jnp.asarray(x)
-  dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-  return jnp.where(x >= 0, 1.0, -1.0).astype(dtype)
 
 
 class ScbchNet(nn.Module):

@@ -1,4 +1,4 @@
-"""SCBCH training: state, the per-device step body, CSCC weights per epoch, evaluation.
+"""SCBCH training: state, the per-device step body, CSCC weights per epoch, encoding.
 
 Objective (spec scbch.md):  L = α·L_bsch + β·L_q + L_cls(w)
 - L_bsch over all B×B pairs of the GLOBAL batch: each device computes its
@@ -8,52 +8,44 @@ Objective (spec scbch.md):  L = α·L_bsch + β·L_q + L_cls(w)
 - w are the CSCC weights of the batch's items: ones before
   `cscc_start_epoch`, then recomputed once per epoch over the whole training
   set with the current params. They enter as data, so the step compiles once.
+
+Hyperparameters come from a run config (configs/scbch.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable, Hashable, Mapping
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
-from common import evaluation
 from common import parallel
-from common.data import Split
+from common.codes import to_codes
 from common.data import pipeline
+from common.run_config import check, check_positive, check_widths
 from scbch_jax import cscc
 from scbch_jax import losses
-from scbch_jax.model import ScbchNet, to_codes
+from scbch_jax.model import ScbchNet
 
 PyTree = Any
 
 
-@dataclasses.dataclass(frozen=True)
-class ScbchConfig:
-  """Model, loss and optimiser settings of one SCBCH run (see presets.py)."""
-
-  bits: int = 64
-  num_classes: int = 24
-  image_hidden: tuple[int, ...] = (8192, 8192)
-  text_hidden: tuple[int, ...] = (8192,)
-  alpha: float = 0.7
-  beta: float = 0.3
-  margin: float = 0.15
-  shift: float = 0.8
-  tau: float = 1.0
-  k: int = 20
-  gamma: float = 0.5
-  cscc_start_epoch: int = 5
-  cscc_block_size: int = 1024
-  lr: float = 1e-4
-  weight_decay: float = 1e-5
-  seed: int = 123
-  eval_batch_size: int = 1024
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """SCBCH's keys, before any compute (errors name config.<key>)."""
+  check_positive(config, ("bits", "k", "lr", "cscc_block_size", "tau"))
+  for key in ("alpha", "beta", "margin", "shift", "weight_decay"):
+    check(isinstance(config[key], (int, float)) and config[key] >= 0, key,
+          config[key], "must be >= 0")
+  check(0.0 <= config.gamma <= 1.0, "gamma", config.gamma, "must be in [0, 1]")
+  check(isinstance(config.cscc_start_epoch, int) and config.cscc_start_epoch >= 0,
+        "cscc_start_epoch", config.cscc_start_epoch, "must be an integer >= 0")
+  check_widths(config, "image_hidden")
+  check_widths(config, "text_hidden")
 
 
 @flax.struct.dataclass
@@ -66,18 +58,19 @@ class TrainState:
   rng: jax.Array  # base key; a step's key is fold_in(rng, step) (SCBCH draws none)
 
 
-def make_optimizer(config: ScbchConfig) -> optax.GradientTransformation:
+def make_optimizer(config) -> optax.GradientTransformation:
   """Adam with L2 weight decay added to the gradient (PyTorch Adam, not AdamW)."""
   return optax.chain(optax.add_decayed_weights(config.weight_decay),
                      optax.adam(config.lr))
 
 
 def scbch_objective(out: Mapping[str, jax.Array], labels: jax.Array,
-                    weights: jax.Array, config: ScbchConfig) -> tuple[jax.Array, dict]:
+                    weights: jax.Array, config) -> tuple[jax.Array, dict]:
   """This device's share of α·L_bsch + β·L_q + L_cls(w) (shares sum to the loss).
 
-  `out` holds this device's rows (u, v, logits_u, logits_v). Swap this
-  function (ScbchMethod(objective=...)) to try a loss variant.
+  `out` holds this device's rows (u, v, logits_u, logits_v); `config` gives
+  alpha, beta, margin, shift, tau. Swap this function
+  (ScbchMethod(objective=...)) to try a loss variant.
   """
   u, v = out["u"], out["v"]
   u_all, v_all = parallel.gather_rows(u), parallel.gather_rows(v)
@@ -98,60 +91,54 @@ class ScbchMethod:
   """SCBCH plugged into common.train_loop (see train_loop.Method)."""
 
   name = "scbch"
-  num_phases = 1  # CSCC on/off is data (weights of ones), not a recompile
+  phases = (None,)  # CSCC on/off is data (weights of ones), not a recompile
+  empty_queries = "skip"  # the release's mAP convention
+  diagnostics = {"CSCC weight AUC vs corrupted": "weight_auc_corrupted",
+                 "mean weight, corrupted": "weight_mean_corrupted",
+                 "mean weight, clean": "weight_mean_clean"}
 
-  def __init__(self, config: ScbchConfig, *, image_dim: int, text_dim: int,
-               train_labels: np.ndarray, train_image: np.ndarray,
-               train_text: np.ndarray, eval_sets: Mapping[str, tuple[Split, Split]],
-               corrupted: np.ndarray | None = None,
-               objective: Callable[..., tuple[jax.Array, dict]] = scbch_objective,
-               empty_queries: str = "skip"):
+  def __init__(self, config: ml_collections.ConfigDict, *, image_dim: int,
+               text_dim: int, num_classes: int,
+               objective: Callable[..., tuple[jax.Array, dict]] = scbch_objective):
     """
     Args:
-      config: hyperparameters.
-      image_dim, text_dim: feature sizes.
-      train_labels: the (noisy) training labels, (N, C) — what CSCC votes with.
-      train_image, train_text: training features (for the per-epoch CSCC pass).
-      eval_sets: {"test": (query, database), "val": (query, database)}; "val"
-        only when selecting on a validation split.
-      corrupted: (N,) bool, which training items had their labels corrupted
-        (known for injected noise) — only for diagnostics, never for training.
+      config: the run config (configs/scbch.py keys).
+      image_dim, text_dim, num_classes: the data's shapes.
       objective: the per-device loss share (see scbch_objective).
-      empty_queries: mAP convention for queries without relevant items.
     """
-    self.config = config
-    self.model = ScbchNet(bits=config.bits, num_classes=config.num_classes,
+    self.config = ml_collections.FrozenConfigDict(config)
+    self.model = ScbchNet(bits=config.bits, num_classes=num_classes,
                           image_hidden=tuple(config.image_hidden),
                           text_hidden=tuple(config.text_hidden))
     self.tx = make_optimizer(config)
     self.image_dim, self.text_dim = image_dim, text_dim
-    self.train_labels = np.asarray(train_labels, np.float32)
-    self.train_image, self.train_text = train_image, train_text
-    self.eval_sets = dict(eval_sets)
-    self.corrupted = None if corrupted is None else np.asarray(corrupted, bool)
     self.objective = objective
-    self.empty_queries = empty_queries
     self._encode_image = jax.jit(functools.partial(
         self.model.apply, method=ScbchNet.encode_image))
     self._encode_text = jax.jit(functools.partial(
         self.model.apply, method=ScbchNet.encode_text))
+    self._init = jax.jit(self._init_state)
 
   # --- state ------------------------------------------------------------------
 
-  def init_state(self) -> TrainState:
-    key = jax.random.key(self.config.seed)
-    init_key, state_key = jax.random.split(key)
+  def _init_state(self) -> TrainState:
+    init_key, state_key = jax.random.split(jax.random.key(self.config.seed))
     params = self.model.init(init_key, jnp.zeros((1, self.image_dim), jnp.float32),
                              jnp.zeros((1, self.text_dim), jnp.float32))["params"]
     return TrainState(params=params, opt_state=self.tx.init(params),
                       step=jnp.zeros((), jnp.int32), rng=state_key)
 
+  def init_state(self) -> TrainState:
+    """The initial state, built by one compiled program."""
+    return self._init()
+
   # --- the step -----------------------------------------------------------------
 
   def step_body(self, state: TrainState, batch: Mapping[str, jax.Array],
-                extras: Mapping[str, jax.Array], *, phase: Hashable = None):
+                extras: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
+                *, phase: Hashable = None):
     """Per-device step (runs under pmap or shard_map; see common.parallel)."""
-    del phase
+    del context, phase
 
     def share(params):
       out = self.model.apply({"params": params}, batch["image"], batch["text"])
@@ -170,10 +157,10 @@ class ScbchMethod:
   def phase(self, epoch: int) -> Hashable:
     return None
 
-  # --- CSCC weights ---------------------------------------------------------------
+  # --- encoding -------------------------------------------------------------------
 
-  def encode(self, params: PyTree, image: np.ndarray, text: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
+  def encode_continuous(self, params: PyTree, image: np.ndarray, text: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Continuous codes (u, v) of paired items, in fixed-size jitted batches."""
     size = self.config.eval_batch_size
     u = pipeline.map_batches(
@@ -182,62 +169,52 @@ class ScbchMethod:
         lambda b: self._encode_text({"params": params}, b["x"]), {"x": text}, size)
     return u, v
 
-  def epoch_extras(self, state: TrainState, epoch: int) -> dict[str, np.ndarray]:
-    n = len(self.train_labels)
+  def encode(self, state: TrainState, image: np.ndarray,
+             text: np.ndarray) -> dict[str, np.ndarray]:
+    """±1 codes of each modality (int8)."""
+    u, v = self.encode_continuous(state.params, image, text)
+    return {"image": np.asarray(to_codes(u), np.int8),
+            "text": np.asarray(to_codes(v), np.int8)}
+
+  # --- CSCC weights ---------------------------------------------------------------
+
+  def epoch_extras(self, state: TrainState, epoch: int,
+                   train: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = len(train["labels"])
     if epoch < self.config.cscc_start_epoch:
       return {"weight": np.ones(n, np.float32)}
-    u, v = self.encode(state.params, self.train_image, self.train_text)
+    u, v = self.encode_continuous(state.params, train["image"], train["text"])
     weights = cscc.neighbour_consistency_weights(
-        u, v, self.train_labels, k=self.config.k, gamma=self.config.gamma,
-        block_size=self.config.cscc_block_size)
+        u, v, np.asarray(train["labels"], np.float32), k=self.config.k,
+        gamma=self.config.gamma, block_size=self.config.cscc_block_size)
     return {"weight": np.asarray(weights, np.float32)}
 
   def epoch_summary(self, state: TrainState, epoch: int,
-                    extras: Mapping[str, np.ndarray]) -> dict[str, Any]:
+                    extras: Mapping[str, np.ndarray],
+                    train: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str]:
     w = extras["weight"]
     summary = {"cscc_active": epoch >= self.config.cscc_start_epoch,
                "weight_mean": float(w.mean()), "weight_std": float(w.std()),
                "weight_min": float(w.min()), "weight_max": float(w.max())}
-    if self.corrupted is not None and summary["cscc_active"]:
-      # How well low weights find the corrupted items (0.5 = chance).
-      summary["weight_auc_corrupted"] = float(cscc.consistency_auc(w, self.corrupted))
-      summary["weight_mean_corrupted"] = float(w[self.corrupted].mean()) \
-          if self.corrupted.any() else float("nan")
-      summary["weight_mean_clean"] = float(w[~self.corrupted].mean()) \
-          if (~self.corrupted).any() else float("nan")
-    return summary
-
-  def describe_epoch(self, summary: Mapping[str, Any]) -> str:
     if not summary["cscc_active"]:
-      return ""
-    line = (f"CSCC weights mean {summary['weight_mean']:.3f} "
-            f"(min {summary['weight_min']:.3f})")
-    if "weight_auc_corrupted" in summary:
+      return summary, ""
+    line = f"CSCC weights mean {summary['weight_mean']:.3f} (min {summary['weight_min']:.3f})"
+    corrupted = train.get("truth_corrupted")
+    if corrupted is not None and 0 < corrupted.sum() < len(corrupted):
+      # How well low weights find the corrupted items (0.5 = chance).
+      summary["weight_auc_corrupted"] = float(cscc.consistency_auc(w, corrupted))
+      summary["weight_mean_corrupted"] = float(w[corrupted].mean())
+      summary["weight_mean_clean"] = float(w[~corrupted].mean())
       line += (f"; corrupted {summary['weight_mean_corrupted']:.3f} vs clean "
-               f"{summary['weight_mean_clean']:.3f}, AUC {summary['weight_auc_corrupted']:.3f}")
-    return line
+               f"{summary['weight_mean_clean']:.3f}, AUC "
+               f"{summary['weight_auc_corrupted']:.3f}")
+    return summary, line
 
-  # --- evaluation -----------------------------------------------------------------
 
-  def codes(self, params: PyTree, split: Split) -> tuple[np.ndarray, np.ndarray]:
-    u, v = self.encode(params, split.image, split.text)
-    return np.asarray(to_codes(u), np.int8), np.asarray(to_codes(v), np.int8)
-
-  def export_codes(self, state: TrainState, split: str = "test") -> dict[str, np.ndarray]:
-    """±1 codes + labels in launch/evaluate.py's cross-modal .npz layout."""
-    query, database = self.eval_sets[split]
-    qi, qt = self.codes(state.params, query)
-    di, dt = self.codes(state.params, database)
-    return {"image_query": qi, "text_query": qt, "image_db": di, "text_db": dt,
-            "query_labels": query.labels, "db_labels": database.labels}
-
-  def evaluate(self, state: TrainState, split: str) -> tuple[dict, float]:
-    if split not in self.eval_sets:
-      raise KeyError(f"no evaluation set {split!r} (have {sorted(self.eval_sets)})")
-    query, database = self.eval_sets[split]
-    qi, qt = self.codes(state.params, query)
-    di, dt = self.codes(state.params, database)
-    results = evaluation.evaluate_cross_modal(
-        qi, qt, di, dt, query.labels, database.labels,
-        empty_queries=self.empty_queries)
-    return results, float(results["i2t"]["map"] + results["t2i"]["map"])
+def build(config: ml_collections.ConfigDict, data) -> ScbchMethod:
+  """The method for a run's config and data (common.experiment calls this)."""
+  check(config.k < len(data.train_labels), "k", config.k,
+        f"needs more training items than {len(data.train_labels)}")
+  return ScbchMethod(config, image_dim=data.splits.image_dim,
+                     text_dim=data.splits.text_dim,
+                     num_classes=data.splits.num_classes)

@@ -362,3 +362,85 @@ def test_validate_split_accepts_good_and_batch_of_one():
 def test_validate_split_rejects(changes, pattern):
   with pytest.raises(ValueError, match=pattern):
     validation.validate_split(_split(**changes), where="where")
+
+
+# ---------------------------------------------------------- damaged files
+
+
+def _write_v73_matlab(path, arrays):
+  """v7.3 as MATLAB writes it: a 512-byte user block holding the MAT header."""
+  with h5py.File(path, "w", userblock_size=512) as f:
+    for key, x in arrays.items():
+      f.create_dataset(key, data=np.ascontiguousarray(x.T))
+  with open(path, "r+b") as f:
+    f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116) + bytes(8)
+            + b"\x00\x02IM")
+
+
+def _damage(path, how):
+  data = open(path, "rb").read()
+  open(path, "wb").write(b"" if how == "empty" else data[:100])
+
+
+def _damaged_message(excinfo, path):
+  message = str(excinfo.value)
+  assert "\n" not in message
+  assert repr(str(path)) in message
+  assert "empty" in message or "truncated or corrupt" in message
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated"])
+@pytest.mark.parametrize("layout, file, write", [
+    ("scbch_h5", "MIRFlickr.h5", _write_h5),
+    ("dcgmh_mat", "mir_cnn_twt.mat", _write_v73),
+    ("dcgmh_mat", "mir_cnn_twt.mat", _write_v73_matlab),
+])
+def test_damaged_hdf5_file_is_one_line(tmp_path, layout, file, write, how):
+  arrays = _scbch_h5_arrays(q=3, n_db=8, n=4, seed=21)
+  if layout == "dcgmh_mat":
+    names = {"Img": "I", "Tag": "T", "Lab": "L"}
+    parts = {"Query": "te", "Train": "tr", "DataBase": "db"}
+    arrays = {f"{names[k[:3]]}_{parts[k[3:]]}": v for k, v in arrays.items()}
+  path = tmp_path / file
+  write(path, arrays)
+  assert len(readers.read_benchmark("mirflickr25k", str(tmp_path)).train.index) == 4
+  _damage(path, how)
+  with pytest.raises(ValueError) as excinfo:
+    readers.read_benchmark("mirflickr25k", str(tmp_path), layout=layout)
+  _damaged_message(excinfo, path)
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated"])
+@pytest.mark.parametrize("compress", [False, True])
+def test_damaged_v5_mat_is_one_line(tmp_path, how, compress):
+  image, text, labels = _data(20, 4, 3, 24, seed=22)
+  _write_ucch_mir(tmp_path, image, text, labels)
+  path = tmp_path / "mirflickr25k-yall.mat"
+  scipy.io.savemat(path, {"YAll": np.tile(text, (1, 20))}, do_compression=compress)
+  _damage(path, how)
+  with pytest.raises(ValueError) as excinfo:
+    readers.read_benchmark("mirflickr25k", str(tmp_path), query_size=2,
+                           train_size=5)
+  _damaged_message(excinfo, path)
+  with pytest.raises(ValueError) as excinfo:
+    matio.read_mat(str(path), ["YAll"])
+  _damaged_message(excinfo, path)
+
+
+@pytest.mark.parametrize("write", [_write_v73, _write_v73_matlab])
+def test_damaged_v73_mat_via_read_mat(tmp_path, write):
+  path = tmp_path / "x.mat"
+  write(path, {"A": np.ones((30, 20))})
+  _damage(path, "truncated")
+  with pytest.raises(ValueError) as excinfo:
+    matio.read_mat(str(path), ["A"])
+  _damaged_message(excinfo, path)
+
+
+def test_damaged_noise_file_is_one_line(tmp_path):
+  path = tmp_path / "mirflickr25k-lall-noise_0.5.h5"
+  _write_h5(path, {"result": np.eye(4, 24), "True": np.eye(4, 24)})
+  _damage(path, "truncated")
+  with pytest.raises(ValueError) as excinfo:
+    readers.read_scbch_noisy_labels("mirflickr25k", str(tmp_path), 0.5)
+  _damaged_message(excinfo, path)

@@ -30,20 +30,18 @@ def ref_scores(sim, labels):
   return np.array(out)
 
 
-def ref_flag(scores, ratio, valid):
-  items = [i for i in range(len(scores)) if valid[i]]
+def ref_flag(scores, ratio):
+  items = range(len(scores))
   count = math.floor(Fraction(str(ratio)) * len(items))
   order = sorted(items, key=lambda i: (scores[i], i))
   flagged = set(order[:count])
   return np.array([i in flagged for i in range(len(scores))])
 
 
-def ref_update(bank_sim, bank_clean, indices, sim, noisy, valid, refresh):
+def ref_update(bank_sim, bank_clean, indices, sim, noisy, refresh):
   bank_sim = np.array(bank_sim, np.float64)
   bank_clean = np.array(bank_clean).astype(int)
   for i, n in enumerate(indices):
-    if not valid[i]:
-      continue
     if noisy[i]:
       bank_sim[n] = 0.0
       bank_clean[n] = 0
@@ -100,7 +98,7 @@ def test_center_similarity_and_scores():
   np.testing.assert_allclose(np.asarray(scores), ref_scores(sim, labels),
                              atol=1e-6)
   assert float(scores[1]) == -1.0
-  with pytest.raises(ValueError, match="labels"):
+  with pytest.raises(AssertionError, match="labels"):
     nf.consistency_scores(sim, labels[:, :3])
 
 
@@ -111,12 +109,11 @@ def test_flag_noisy_with_ties(ratio, seed):
   rng = np.random.default_rng(seed)
   batch = 100 if ratio == 0.29 else 23
   scores = np.round(rng.uniform(-1, 1, batch), 1).astype(np.float32)  # ties
-  valid = rng.random(batch) < 0.8
   # τ traced (a float32 scalar): the count is data, the shapes static.
-  got = _flag_jit(scores, jnp.float32(ratio), valid)
-  want = ref_flag(scores, ratio, valid)
+  got = _flag_jit(scores, jnp.float32(ratio))
+  want = ref_flag(scores, ratio)
   np.testing.assert_array_equal(np.asarray(got), want)
-  assert int(got.sum()) == math.floor(Fraction(str(ratio)) * valid.sum())
+  assert int(got.sum()) == math.floor(Fraction(str(ratio)) * batch)
 
 
 def test_noisy_count_exact_for_decimal_ratios():
@@ -138,8 +135,8 @@ def test_flag_noisy_all_tied_batch_of_one_and_errors():
   assert bool(nf.flag_noisy(np.zeros(1, np.float32), 1.0)[0])
   with pytest.raises(ValueError, match="noise_ratio"):
     nf.flag_noisy(scores, 1.5)
-  with pytest.raises(ValueError, match="valid"):
-    nf.flag_noisy(scores, 0.5, jnp.ones(3, bool))
+  with pytest.raises(AssertionError, match="rank"):
+    nf.flag_noisy(scores[None], 0.5)
 
 
 # ---------------------------------------------------------------- bank update
@@ -153,18 +150,18 @@ def test_update_bank(refresh, clean_dtype):
   indices = rng.permutation(num_items)[:batch]
   sim = rng.uniform(-1, 1, (batch, classes)).astype(np.float32)
   noisy = np.array([1, 0, 0, 1, 0, 0], bool)
-  valid = np.array([1, 1, 1, 1, 1, 0], bool)
   got_sim, got_clean = nf.update_bank(
       jnp.asarray(bank_sim), jnp.asarray(bank_clean), jnp.asarray(indices),
-      jnp.asarray(sim), jnp.asarray(noisy), valid=jnp.asarray(valid),
-      refresh_clean=refresh)
+      jnp.asarray(sim), jnp.asarray(noisy), refresh_clean=refresh)
   want_sim, want_clean = ref_update(bank_sim, bank_clean, indices, sim, noisy,
-                                    valid, refresh)
+                                    refresh)
   np.testing.assert_allclose(np.asarray(got_sim), want_sim, atol=0)
   np.testing.assert_array_equal(np.asarray(got_clean).astype(int), want_clean)
   assert got_clean.dtype == jnp.asarray(bank_clean).dtype
   with pytest.raises(ValueError, match="indices"):
     nf.update_bank(bank_sim, bank_clean, indices + num_items, sim, noisy)
+  with pytest.raises(AssertionError, match="noisy"):
+    nf.update_bank(bank_sim, bank_clean, indices, sim, noisy[:3])
   grad = jax.grad(lambda s: nf.update_bank(
       jnp.asarray(bank_sim), jnp.asarray(bank_clean), indices, s, noisy)[0]
                   .sum())(jnp.asarray(sim))
@@ -247,7 +244,7 @@ def test_reconstruct_labels_errors():
   with pytest.raises(ValueError, match="`k`"):
     nf.reconstruct_labels(sim, bank_sim, bank_clean, bank_labels, k=15,
                           self_indices=self_idx)
-  with pytest.raises(ValueError, match="bank_labels"):
+  with pytest.raises(AssertionError, match="bank_labels"):
     nf.reconstruct_labels(sim, bank_sim, bank_clean, bank_labels[:4],
                           self_indices=self_idx)
 
@@ -261,10 +258,7 @@ def test_estimate_noise_ratio_recovers_tau(tau):
   scores = np.concatenate([rng.normal(-0.1, 0.08, n_noisy),
                            rng.normal(0.5, 0.1, n - n_noisy)])
   scores = rng.permutation(scores).astype(np.float32)
-  valid = np.ones(n + 50, bool)
-  valid[n:] = False
-  padded = np.concatenate([scores, np.full(50, -0.9, np.float32)])
-  est = float(_estimate_jit(padded, valid))
+  est = float(_estimate_jit(scores))
   assert abs(est - tau) < 0.03, est
 
 
@@ -273,8 +267,8 @@ def test_estimate_noise_ratio_degenerate():
     est = float(_estimate_jit(scores))
     assert np.isfinite(est) and 0.0 <= est <= 0.95
   assert float(_estimate_jit(np.full(20, 0.3, np.float32))) == 0.0
-  assert float(_estimate_jit(np.zeros(20, np.float32),
-                             np.zeros(20, bool))) == 0.0
+  with pytest.raises(AssertionError, match="scores"):
+    nf.estimate_noise_ratio(np.zeros(0, np.float32))
 
 
 # --------------------------------------------------------------- diagnostics
@@ -287,14 +281,11 @@ def test_filter_diagnostics_and_ratios():
   noisy = rng.random(batch) < 0.4
   rec = noisy & (rng.random(batch) < 0.5)
   corrupted = rng.random(batch) < 0.4
-  valid = rng.random(batch) < 0.9
-  got = nf.filter_diagnostics(noisy, rec, new, corrupted, clean, valid)
+  got = nf.filter_diagnostics(noisy, rec, new, corrupted, clean)
   equal = [bool(np.all(new[i] == clean[i])) for i in range(batch)]
   want = {"items": 0, "corrupted": 0, "flagged": 0, "true_positives": 0,
           "reconstructed": 0, "reconstructed_correct": 0, "unlabeled": 0}
   for i in range(batch):
-    if not valid[i]:
-      continue
     want["items"] += 1
     want["corrupted"] += corrupted[i]
     want["flagged"] += noisy[i]

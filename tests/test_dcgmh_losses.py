@@ -185,11 +185,12 @@ def test_center_loss_rejects_bad_input():
   h, centers, labels = _data(0)
   with pytest.raises(ValueError, match="labels"):
     losses.center_loss(h, centers, labels * 2)
-  with pytest.raises(ValueError, match="labels"):
+  # Shapes are internal invariants (chex); values are data checks.
+  with pytest.raises(AssertionError, match="labels"):
     losses.center_loss(h, centers, labels[:, :3])
-  with pytest.raises(ValueError, match="centers"):
+  with pytest.raises(AssertionError, match="centers"):
     losses.center_loss(h, centers[:, :4], labels)
-  with pytest.raises(ValueError, match="mask"):
+  with pytest.raises(AssertionError, match="mask"):
     losses.center_loss(h, centers, labels, jnp.ones(3, bool))
 
 
@@ -265,5 +266,5 @@ def test_unsupervised_contrastive_loss(mask_name, margin):
 
 def test_unsupervised_contrastive_rejects_shape_mismatch():
   h, _, _ = _data(0)
-  with pytest.raises(ValueError, match="h_aug"):
+  with pytest.raises(AssertionError, match="h_aug"):
     losses.unsupervised_contrastive_loss(h[:3], h, jnp.ones(7, bool))

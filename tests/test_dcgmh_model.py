@@ -1,16 +1,13 @@
-"""DcgmhNet shapes, init, cross-device BatchNorm, codes; DCGMH presets."""
-
-import dataclasses
+"""DcgmhNet shapes, init, cross-device BatchNorm, codes."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from common.codes import to_codes
 from dcgmh_jax import model as model_lib
-from dcgmh_jax import presets
 
 NUM_DEVICES = 8
 D_IMG, D_TXT, BITS, CLASSES = 12, 10, 4, 5
@@ -37,19 +34,23 @@ def test_shapes_centers_and_codes():
   net = _net()
   variables = _init(net, image, text)
   params = variables["params"]
-  assert params["centers"].shape == (CLASSES, BITS)
-  assert params["image_mlp"]["dense1"]["kernel"].shape == (D_IMG, 16)
-  assert params["text_mlp"]["dense2"]["kernel"].shape == (16, 8)
-  assert params["hash_dense"]["kernel"].shape == (8, BITS)
-  (h, centers), _ = jax.jit(lambda v: net.apply(
-      v, image, text, train=True, method=net.hash_and_centers,
-      mutable=["batch_stats"]))(variables)
+  # Checkpoints depend on these paths and shapes.
+  def tower(d_in):
+    return {"dense1": {"kernel": (d_in, 16), "bias": (16,)},
+            "bn1": {"scale": (16,), "bias": (16,)},
+            "dense2": {"kernel": (16, 8), "bias": (8,)},
+            "bn2": {"scale": (8,), "bias": (8,)}}
+
+  want = {"image_mlp": tower(D_IMG), "text_mlp": tower(D_TXT),
+          "hash_dense": {"kernel": (8, BITS), "bias": (BITS,)},
+          "hash_bn": {"scale": (BITS,), "bias": (BITS,)},
+          "centers": (CLASSES, BITS)}
+  assert jax.tree.map(np.shape, params) == want
+  stats = jax.tree.map(np.shape, variables["batch_stats"])
+  assert stats["hash_bn"] == {"mean": (BITS,), "var": (BITS,)}
+  h, _ = jax.jit(lambda v: net.apply(
+      v, image, text, train=True, mutable=["batch_stats"]))(variables)
   assert h.shape == (6, BITS) and np.all(np.abs(np.asarray(h)) < 1)
-  np.testing.assert_array_equal(np.asarray(centers),
-                                np.asarray(params["centers"]))
-  np.testing.assert_array_equal(
-      np.asarray(net.apply(variables, method=net.centers)),
-      np.asarray(params["centers"]))
   h_eval = jax.jit(lambda v: net.apply(v, image, text, train=False))(variables)
   assert h_eval.shape == (6, BITS) and np.all(np.isfinite(np.asarray(h_eval)))
   # Default fused width is 128·bits.
@@ -64,12 +65,12 @@ def test_shapes_centers_and_codes():
         jax.random.key(0), image, text, train=False)
 
 
-def test_to_codes():
-  h = jnp.array([[0.3, -0.2, 0.0, -0.0], [-1e-8, 1e-8, 0.9, -0.9]])
-  codes = np.asarray(model_lib.to_codes(h))
-  want = np.where(np.asarray(h) >= 0, 1.0, -1.0)
-  np.testing.assert_array_equal(codes, want)
-  assert set(np.unique(codes)) <= {-1.0, 1.0}
+def test_codes_of_outputs_are_plus_minus_one():
+  image, text = _inputs(6)
+  net = _net()
+  variables = _init(net, image, text)
+  h = net.apply(variables, image, text, train=False)
+  assert set(np.unique(np.asarray(to_codes(h)))) <= {-1.0, 1.0}
 
 
 def test_init_matches_pytorch_defaults():
@@ -133,26 +134,3 @@ def test_batchnorm_sync_matches_global_batch():
                               with_state=False)
   assert not np.allclose(np.asarray(unsynced_h), np.asarray(want_h),
                          atol=1e-3)
-
-
-def test_presets():
-  mir = presets.get_preset("mirflickr25k")
-  assert (mir.num_classes, mir.lr, mir.warmup_epochs, mir.beta, mir.eta,
-          mir.seed) == (24, 0.005, 5, 0.15, 1.0, 851)
-  nus = presets.get_preset("nuswide21")
-  assert (nus.num_classes, nus.lr, nus.warmup_epochs, nus.beta, nus.eta,
-          nus.seed) == (21, 0.001, 5, 0.05, 1.5, 1618)
-  coco = presets.get_preset("mscoco")
-  assert (coco.num_classes, coco.lr, coco.warmup_epochs, coco.beta, coco.eta,
-          coco.seed) == (80, 0.01, 30, 0.2, 1.2, 1401)
-  for p in (mir, nus, coco):
-    assert (p.alpha, p.gamma, p.margin, p.k, p.momentum, p.weight_decay,
-            p.lr_decay_factor, p.lr_decay_every, p.epochs, p.batch_size,
-            p.bits, p.noise_ratio, p.hidden, p.fused_width) == (
-                1.0, 5.0, 0.7, 2, 0.9, 1e-5, 0.1, 100, 150, 48, 32, 0.4,
-                4096, 4096)
-  assert "synthetic" in presets.PRESETS
-  with pytest.raises(ValueError, match="mirflickr25k"):
-    presets.get_preset("flickr")
-  with pytest.raises(dataclasses.FrozenInstanceError):
-    mir.lr = 1.0  # type: ignore[misc]

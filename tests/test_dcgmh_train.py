@@ -5,20 +5,22 @@ import numpy as np
 import pytest
 
 from common import parallel
-from dcgmh_jax.train import DcgmhConfig, DcgmhMethod
+from configs import dcgmh as dcgmh_configs
+from dcgmh_jax.train import DcgmhMethod
 
 B, N, D_IMG, D_TXT, C = 16, 48, 12, 10, 4
 
 
 def _method(noise_ratio=0.4, **overrides):
-  config = DcgmhConfig(bits=8, num_classes=C, hidden=16, fused=16, lr=0.05,
-                       warmup_epochs=1, noise_ratio=noise_ratio, **overrides)
+  config = dcgmh_configs.get_config("synthetic:tiny")
+  config.update(dict(bits=8, hidden=16, fused=16, lr=0.05, warmup_epochs=1,
+                     **overrides))
   rng = np.random.default_rng(0)
   labels = (rng.random((N, C)) < 0.4).astype(np.float32)
   labels[5] = 0
   labels[:6] = labels[6]  # several identical label rows, so reconstruction can fire
   return DcgmhMethod(config, image_dim=D_IMG, text_dim=D_TXT, train_labels=labels,
-                     steps_per_epoch=3, eval_sets={})
+                     noise_ratio=noise_ratio)
 
 
 def _batches(method, steps):
@@ -32,14 +34,16 @@ def _batches(method, steps):
            "truth_labels": labels[idx], "truth_corrupted": rng.random(B) < 0.4}
 
 
-def _run(method, mode, devices, phases=("warmup", "robust", "robust", "robust")):
+def _run(method, mode, devices, phases=("warmup", "robust", "robust", "robust"),
+         epoch=0):
   dp = parallel.DataParallel(method.step_body, mode=mode,
                              mesh=parallel.make_mesh(jax.devices()[:devices]),
-                             max_phases=method.num_phases)
+                             max_phases=len(method.phases))
   state = dp.put_state(method.init_state())
   history = []
-  for phase, batch in zip(phases, _batches(method, len(phases))):
-    state, metrics = dp.step(state, dp.put_rows(batch), dp.put_rows({}), phase)
+  for step, (phase, batch) in enumerate(zip(phases, _batches(method, len(phases)))):
+    context = {"epoch": epoch, "step_in_epoch": step}
+    state, metrics = dp.step(state, dp.put_rows(batch), dp.put_rows({}), context, phase)
     history.append(jax.device_get(metrics))
   return jax.device_get(dp.get_state(state)), history
 
@@ -77,3 +81,18 @@ def test_auto_noise_ratio_runs_and_estimate_is_a_fraction():
   _, hist = _run(method, "shard_map", 8)
   for h in hist:
     assert 0.0 <= h["noise_ratio_estimate"] <= 0.95
+
+
+def test_learning_rate_steps_down_with_the_epoch_the_loop_passes_in():
+  """torch StepLR per epoch: the first update (empty momentum buffer) is
+  -lr·factor^⌊epoch/every⌋·(g + wd·p), so epoch `every` scales it by `factor`."""
+  method = _method(lr_decay_every=2, lr_decay_factor=0.1)
+  init = jax.device_get(method.init_state())
+  deltas = []
+  for epoch in (0, 1, 2):
+    state, hist = _run(method, "shard_map", 2, phases=("warmup",), epoch=epoch)
+    np.testing.assert_allclose(hist[0]["lr"], 0.05 * 0.1 ** (epoch // 2), rtol=1e-6)
+    deltas.append(np.asarray(state.params["centers"]) - np.asarray(init.params["centers"]))
+  np.testing.assert_allclose(deltas[1], deltas[0], rtol=1e-6)
+  # atol: params ~N(0,1) in float32 round the tiny deltas at ~6e-8.
+  np.testing.assert_allclose(deltas[2], 0.1 * deltas[0], rtol=1e-4, atol=2e-7)

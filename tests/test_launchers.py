@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset=synthetic:tiny", "--batch_size=32", "--bits=16", "--epochs=1",
-        "--noprogress"]
+TINY = ["--config.dataset=synthetic:tiny", "--config.batch_size=32", "--config.bits=16",
+        "--config.epochs=1", "--config.progress=false", "--compilation_cache_dir="]
 
 
 def _launch(module, *args, check=True):
@@ -23,8 +23,8 @@ def _launch(module, *args, check=True):
 
 
 def test_scbch_launcher_trains_evaluates_and_resumes(tmp_path):
-  args = TINY + ["--image_hidden=32,32", "--text_hidden=32", "--parallel=pmap",
-                 f"--workdir={tmp_path}"]
+  args = TINY + ["--config.image_hidden=32,32", "--config.text_hidden=(32,)",
+                 "--config.parallel=pmap", f"--workdir={tmp_path}"]
   out = _launch("launch.scbch", *args).stdout
   assert "SCBCH final results" in out and "i2t" in out and "t2i" in out
   assert "not a benchmark result" in out
@@ -41,16 +41,21 @@ def test_scbch_launcher_trains_evaluates_and_resumes(tmp_path):
   ev = _launch("launch.evaluate", f"--codes={tmp_path / 'scbch_codes.npz'}",
                f"--out_dir={tmp_path / 'eval'}").stdout
   assert f"{results['i2t']['map']:.4f}" in ev
-  # ... and any kept checkpoint, by re-running the launcher with the saved flags.
+  # ... and any kept checkpoint, from the run's saved config.json.
   ev = _launch("launch.evaluate", f"--workdir={tmp_path}", "--step=8").stdout
   assert f"{results['i2t']['map']:.4f}" in ev
   assert (tmp_path / "scbch_step8_codes.npz").exists()
-  assert (tmp_path / "eval" / "eval_results.json").exists()
+  assert (tmp_path / "eval" / "eval_step8_results.json").exists()
+  # A config file and overrides from the command line, and a typo refused.
+  bad = _launch("launch.scbch", "--config=configs/scbch.py:mirflickr25k",
+                "--config.bitz=3", f"--workdir={tmp_path}", check=False)
+  assert bad.returncode == 2 and "--config.bitz" in bad.stderr, bad.stderr
 
 
 def test_dcgmh_launcher_with_estimated_noise_ratio(tmp_path):
-  out = _launch("launch.dcgmh", *TINY, "--hidden=32", "--fused=32", "--warmup_epochs=0",
-                "--noise_ratio=auto", f"--workdir={tmp_path}").stdout
+  out = _launch("launch.dcgmh", *TINY, "--config.hidden=32", "--config.fused=32",
+                "--config.warmup_epochs=0", "--config.noise_ratio=auto",
+                f"--workdir={tmp_path}").stdout
   assert "DCGMH final results" in out and "fused" in out
   assert "tau estimate" in out and "filter precision" in out
   results = json.load(open(tmp_path / "dcgmh_final_results.json"))
@@ -59,18 +64,22 @@ def test_dcgmh_launcher_with_estimated_noise_ratio(tmp_path):
 
 
 @pytest.mark.parametrize("module,args,needle", [
-    ("launch.scbch", ["--dataset=nosuch"], "--dataset"),
-    ("launch.scbch", ["--dataset=mirflickr25k"], "--data_dir"),
-    ("launch.scbch", ["--dataset=synthetic:nosuch"], "synthetic preset"),
-    ("launch.scbch", ["--noise_rate=1.5"], "--noise_rate"),
-    ("launch.scbch", ["--batch_size=12"], "--batch_size"),
-    ("launch.scbch", ["--image_hidden=a,b"], "--image_hidden"),
-    ("launch.scbch", ["--selection=val", "--val_size=0"], "--val_size"),
-    ("launch.scbch", ["--eval_step=3"], "--eval_only"),
-    ("launch.scbch", ["--dataset=mirflickr25k", "--data_dir=/nonexistent"], "nonexistent"),
-    ("launch.dcgmh", ["--noise_ratio=2"], "--noise_ratio"),
-    ("launch.dcgmh", ["--preset=nosuch"], "--preset"),
-    ("launch.dcgmh", ["--noise_protocol=release"], "--noise_protocol=release"),
+    ("launch.scbch", ["--config.dataset=nosuch"], "--config.dataset"),
+    ("launch.scbch", ["--config.dataset=mirflickr25k"], "--config.data_dir"),
+    ("launch.scbch", ["--config.dataset=synthetic:nosuch"], "synthetic size"),
+    ("launch.scbch", ["--config.noise_rate=1.5"], "--config.noise_rate"),
+    ("launch.scbch", ["--config.batch_size=12"], "--config.batch_size"),
+    ("launch.scbch", ["--config.image_hidden=a,b"], "--config.image_hidden"),
+    ("launch.scbch", ["--config.selection=val", "--config.val_size=0"],
+     "--config.val_size"),
+    ("launch.scbch", ["--eval_step=3"], "eval_only"),
+    ("launch.scbch", ["--config.dataset=mirflickr25k", "--config.data_dir=/nonexistent"],
+     "nonexistent"),
+    ("launch.scbch", ["--config.epochs=0"], "--config.epochs"),
+    ("launch.dcgmh", ["--config.noise_ratio=2"], "--config.noise_ratio"),
+    ("launch.dcgmh", ["--config=configs/dcgmh.py:nosuch"], "nosuch"),
+    ("launch.dcgmh", ["--config.noise_protocol=release"], "--config.noise_protocol"),
+    ("launch.dcgmh", ["--config=configs/scbch.py"], "nhj-dcgmh needs configs/dcgmh.py"),
 ])
 def test_bad_flags_fail_fast_with_a_clear_message(tmp_path, module, args, needle):
   proc = _launch(module, *args, f"--workdir={tmp_path}", check=False)

@@ -29,13 +29,15 @@ def _command(module, args, workdir):
 
 
 @pytest.mark.parametrize("module,args", [
-    ("launch.scbch", ["--image_hidden=32,32", "--text_hidden=32",
-                      "--cscc_start_epoch=1"]),
-    ("launch.dcgmh", ["--hidden=32", "--fused=32", "--warmup_epochs=1"]),
+    ("launch.scbch", ["--config.image_hidden=32,32", "--config.text_hidden=(32,)",
+                      "--config.cscc_start_epoch=1"]),
+    ("launch.dcgmh", ["--config.hidden=32", "--config.fused=32",
+                      "--config.warmup_epochs=1"]),
 ])
 def test_two_processes_equal_one_process_with_as_many_devices(tmp_path, module, args):
-  common = ["--dataset=synthetic:tiny", "--epochs=2", "--batch_size=32", "--bits=16",
-            "--noprogress", "--checkpoint_every=5"] + args
+  common = ["--config.dataset=synthetic:tiny", "--config.epochs=2",
+            "--config.batch_size=32", "--config.bits=16", "--config.progress=false",
+            "--config.checkpoint_every=5", "--compilation_cache_dir="] + args
   address = f"127.0.0.1:{_free_port()}"
   procs = [subprocess.Popen(
       _command(module, common + [f"--coordinator_address={address}",

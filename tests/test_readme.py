@@ -27,7 +27,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_every_launcher_flag_is_in_the_readme(launcher):
   code = (f"import sys; sys.argv=['x']; import launch.{launcher}; "
           "from absl import flags; "
-          f"mods=['launch.{launcher}', 'common.cli', 'launch.prepare_data']; "
+          f"mods=['launch.{launcher}', 'launch.cli', 'launch.prepare_data']; "
           "print(' '.join(f.name for m in mods for f in flags.FLAGS.get_flags_for_module(m)))")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                        text=True, check=True, env=dict(os.environ, PYTHONPATH=ROOT))

@@ -5,21 +5,26 @@ import numpy as np
 import pytest
 
 from common import parallel
-from scbch_jax.train import ScbchConfig, ScbchMethod
+from configs import scbch as scbch_configs
+from scbch_jax.train import ScbchMethod
 
 B, D_IMG, D_TXT, C = 16, 12, 10, 5
 
 
 def _method(**overrides):
-  config = ScbchConfig(bits=8, num_classes=C, image_hidden=(16, 16), text_hidden=(16,),
-                       lr=1e-2, k=3, **overrides)
+  config = scbch_configs.get_config("synthetic:tiny")
+  config.update(dict(bits=8, image_hidden=(16, 16), text_hidden=(16,), lr=1e-2, k=3,
+                     **overrides))
+  return ScbchMethod(config, image_dim=D_IMG, text_dim=D_TXT, num_classes=C)
+
+
+def _train_arrays():
   rng = np.random.default_rng(0)
   labels = (rng.random((32, C)) < 0.3).astype(np.float32)
   labels[3] = 0  # an empty label row
-  return ScbchMethod(config, image_dim=D_IMG, text_dim=D_TXT, train_labels=labels,
-                     train_image=rng.normal(size=(32, D_IMG)).astype(np.float32),
-                     train_text=rng.normal(size=(32, D_TXT)).astype(np.float32),
-                     eval_sets={})
+  return {"labels": labels,
+          "image": rng.normal(size=(32, D_IMG)).astype(np.float32),
+          "text": rng.normal(size=(32, D_TXT)).astype(np.float32)}
 
 
 def _batches(steps):
@@ -36,11 +41,11 @@ def _batches(steps):
 def _run(method, mode, devices, steps=3):
   dp = parallel.DataParallel(method.step_body, mode=mode,
                              mesh=parallel.make_mesh(jax.devices()[:devices]),
-                             max_phases=method.num_phases)
+                             max_phases=len(method.phases))
   state = dp.put_state(method.init_state())
   losses = []
   for batch, extras in _batches(steps):
-    state, metrics = dp.step(state, dp.put_rows(batch), dp.put_rows(extras), None)
+    state, metrics = dp.step(state, dp.put_rows(batch), dp.put_rows(extras))
     losses.append(float(metrics["loss"]))
   return jax.device_get(dp.get_state(state)), losses
 
@@ -87,8 +92,8 @@ def test_step_matches_a_plain_single_device_gradient_step():
 def test_cscc_weights_are_ones_before_start_and_in_range_after():
   method = _method(cscc_start_epoch=1)
   state = method.init_state()
-  before = method.epoch_extras(state, 0)["weight"]
-  after = method.epoch_extras(state, 1)["weight"]
+  before = method.epoch_extras(state, 0, _train_arrays())["weight"]
+  after = method.epoch_extras(state, 1, _train_arrays())["weight"]
   np.testing.assert_array_equal(before, np.ones(32, np.float32))
   assert after.shape == (32,)
   assert np.all(after >= 0.5 - 1e-6) and np.all(after <= 1.0 + 1e-6)
@@ -97,13 +102,14 @@ def test_cscc_weights_are_ones_before_start_and_in_range_after():
 
 def test_a_swapped_objective_is_used_by_the_step():
   """The README's one-line ablation equals the same run with beta=0 and w=1."""
-  import dataclasses
   import jax.numpy as jnp
-  from scbch_jax.train import scbch_objective
+  import ml_collections
+  from scbch_jax import scbch_objective
 
   def ablation(out, labels, weights, config):
-    return scbch_objective(out, labels, jnp.ones_like(weights),
-                           dataclasses.replace(config, beta=0.0))
+    """Ablation: unweighted classification (no CSCC) and no L_q."""
+    no_quant = ml_collections.FrozenConfigDict({**config.as_configdict(), "beta": 0.0})
+    return scbch_objective(out, labels, jnp.ones_like(weights), no_quant)
 
   swapped = _method()
   swapped.objective = ablation

@@ -10,36 +10,43 @@ import pytest
 
 from common import data as data_lib
 from common import metrics
-from common.train_loop import LoopConfig, train
-from dcgmh_jax.train import DcgmhConfig, DcgmhMethod
-from scbch_jax.train import ScbchConfig, ScbchMethod
+from common.evaluator import RetrievalEvaluator
+from common.run_config import ConfigError
+from common.train_loop import train as loop_train
+from configs import dcgmh as dcgmh_configs
+from configs import scbch as scbch_configs
+from dcgmh_jax.train import DcgmhMethod
+from scbch_jax.train import ScbchMethod
 
 SPLITS = data_lib.make_synthetic("tiny", seed=0)
 NOISY, CORRUPTED = data_lib.corrupt_labels(SPLITS.train.labels, 0.4, protocol="scbch",
                                            seed=0)
 BATCH = 32
+LOOP = dict(epochs=3, batch_size=BATCH, seed=0, log_every=2, checkpoint_every=3,
+            eval_every=0, progress=False)
 
 
-def _scbch(**overrides):
-  config = ScbchConfig(bits=16, num_classes=SPLITS.num_classes, image_hidden=(64, 64),
-                       text_hidden=(64,), lr=1e-3, k=5, cscc_start_epoch=1,
-                       **overrides)
+def _scbch_config(**overrides):
+  config = scbch_configs.get_config("synthetic:tiny")
+  config.update(dict(LOOP, bits=16, image_hidden=(64, 64), text_hidden=(64,), lr=1e-3,
+                     k=5, cscc_start_epoch=1, seed=123))
+  config.update(overrides)
+  return config
+
+
+def _scbch(config):
   return ScbchMethod(config, image_dim=SPLITS.image_dim, text_dim=SPLITS.text_dim,
-                     train_labels=NOISY, train_image=SPLITS.train.image,
-                     train_text=SPLITS.train.text,
-                     eval_sets={"test": (SPLITS.query, SPLITS.database),
-                                "val": (SPLITS.query, SPLITS.database)},
-                     corrupted=CORRUPTED)
+                     num_classes=SPLITS.num_classes)
 
 
-def _dcgmh(noisy, **overrides):
-  config = DcgmhConfig(bits=16, num_classes=SPLITS.num_classes, hidden=64, fused=64,
-                       warmup_epochs=1, lr=0.01, seed=1, **overrides)
-  steps = data_lib.steps_per_epoch(len(noisy), BATCH)
-  return DcgmhMethod(config, image_dim=SPLITS.image_dim, text_dim=SPLITS.text_dim,
-                     train_labels=noisy, steps_per_epoch=steps,
-                     eval_sets={"test": (SPLITS.query, SPLITS.database)},
-                     true_noise_ratio=0.4)
+def _dcgmh(noisy, noise_ratio=0.4, **overrides):
+  config = dcgmh_configs.get_config("synthetic:tiny")
+  config.update(dict(LOOP, bits=16, hidden=64, fused=64, warmup_epochs=1, lr=0.01,
+                     seed=1))
+  config.update(overrides)
+  return config, DcgmhMethod(config, image_dim=SPLITS.image_dim,
+                             text_dim=SPLITS.text_dim, train_labels=noisy,
+                             noise_ratio=noise_ratio, true_noise_ratio=0.4)
 
 
 def _arrays(noisy, corrupted):
@@ -47,11 +54,16 @@ def _arrays(noisy, corrupted):
           "truth_labels": SPLITS.train.labels, "truth_corrupted": corrupted}
 
 
-def _config(workdir, **overrides):
-  values = dict(epochs=3, batch_size=BATCH, seed=0, workdir=str(workdir), log_every=2,
-                checkpoint_every=3, eval_every=0, progress=False)
-  values.update(overrides)
-  return LoopConfig(**values)
+def _evaluator(empty_queries="skip"):
+  return RetrievalEvaluator({"test": (SPLITS.query, SPLITS.database),
+                             "val": (SPLITS.query, SPLITS.database)},
+                            empty_queries=empty_queries)
+
+
+def train(method, arrays, config, workdir, **kwargs):
+  kwargs.setdefault("log", lambda _: None)
+  return loop_train(method, arrays, config, str(workdir),
+                    evaluator=_evaluator(method.empty_queries), **kwargs)
 
 
 class _Crash(Exception):
@@ -76,12 +88,14 @@ def _assert_same_params(a, b):
 def test_scbch_kill_and_resume_reaches_the_same_params(tmp_path, crash_step,
                                                        checkpoint_every):
   arrays = _arrays(NOISY, CORRUPTED)
-  whole = train(_scbch(), arrays, _config(tmp_path / "whole"), log=lambda _: None)
-  killed = _config(tmp_path / "killed", checkpoint_every=checkpoint_every)
+  config = _scbch_config()
+  whole = train(_scbch(config), arrays, config, tmp_path / "whole")
+  killed = _scbch_config(checkpoint_every=checkpoint_every)
   with pytest.raises(_Crash):
-    train(_scbch(), arrays, killed, on_step=_crash_at(crash_step), log=lambda _: None)
+    train(_scbch(killed), arrays, killed, tmp_path / "killed",
+          on_step=_crash_at(crash_step))
   lines = []
-  resumed = train(_scbch(), arrays, killed, log=lines.append)
+  resumed = train(_scbch(killed), arrays, killed, tmp_path / "killed", log=lines.append)
   assert any("resuming" in line for line in lines)
   _assert_same_params(whole.state.params, resumed.state.params)
   assert whole.results["i2t"]["map"] == resumed.results["i2t"]["map"]
@@ -91,23 +105,23 @@ def test_dcgmh_kill_and_resume_keeps_bank_and_params(tmp_path):
   noisy, corrupted = data_lib.corrupt_labels(SPLITS.train.labels, 0.4,
                                              protocol="dcgmh", seed=0)
   arrays = _arrays(noisy, corrupted)
-  whole = train(_dcgmh(noisy), arrays, _config(tmp_path / "whole"), log=lambda _: None)
+  config, method = _dcgmh(noisy)
+  whole = train(method, arrays, config, tmp_path / "whole")
   with pytest.raises(_Crash):
-    train(_dcgmh(noisy), arrays, _config(tmp_path / "killed"), on_step=_crash_at(13),
-          log=lambda _: None)
-  resumed = train(_dcgmh(noisy), arrays, _config(tmp_path / "killed"),
-                  log=lambda _: None)
+    train(_dcgmh(noisy)[1], arrays, config, tmp_path / "killed", on_step=_crash_at(13))
+  resumed = train(_dcgmh(noisy)[1], arrays, config, tmp_path / "killed")
   _assert_same_params(whole.state.params, resumed.state.params)
   np.testing.assert_array_equal(whole.state.bank_sim, resumed.state.bank_sim)
   np.testing.assert_array_equal(whole.state.bank_clean, resumed.state.bank_clean)
 
 
-def test_resuming_with_other_flags_is_refused(tmp_path):
+def test_resuming_with_another_config_is_refused_naming_the_keys(tmp_path):
   arrays = _arrays(NOISY, CORRUPTED)
-  cfg = _config(tmp_path, epochs=1)
-  train(_scbch(), arrays, cfg, flags={"bits": 16}, log=lambda _: None)
-  with pytest.raises(ValueError, match="--bits"):
-    train(_scbch(), arrays, cfg, flags={"bits": 32}, log=lambda _: None)
+  config = _scbch_config(epochs=1)
+  train(_scbch(config), arrays, config, tmp_path)
+  other = _scbch_config(epochs=2, lr=1e-2)  # epochs may change; lr may not
+  with pytest.raises(ConfigError, match=r"config.lr: saved 0.001 vs now 0.01"):
+    train(_scbch(other), arrays, other, tmp_path)
 
 
 def _random_code_map(bits, seed=0):
@@ -118,9 +132,8 @@ def _random_code_map(bits, seed=0):
 
 
 def test_scbch_end_to_end_beats_random_codes_and_weights_find_noise(tmp_path):
-  result = train(_scbch(), _arrays(NOISY, CORRUPTED),
-                 _config(tmp_path, epochs=6, eval_every=3, selection="val"),
-                 log=lambda _: None)
+  config = _scbch_config(epochs=6, eval_every=3, selection="val")
+  result = train(_scbch(config), _arrays(NOISY, CORRUPTED), config, tmp_path)
   baseline = _random_code_map(16)
   assert result.results["i2t"]["map"] > baseline + 0.05
   assert result.results["t2i"]["map"] > baseline + 0.05
@@ -134,8 +147,8 @@ def test_scbch_end_to_end_beats_random_codes_and_weights_find_noise(tmp_path):
 def test_dcgmh_end_to_end_beats_random_codes_and_filter_beats_chance(tmp_path):
   noisy, corrupted = data_lib.corrupt_labels(SPLITS.train.labels, 0.4,
                                              protocol="dcgmh", seed=0)
-  result = train(_dcgmh(noisy, noise_ratio=0.4), _arrays(noisy, corrupted),
-                 _config(tmp_path, epochs=6), log=lambda _: None)
+  config, method = _dcgmh(noisy, noise_ratio=0.4, epochs=6)
+  result = train(method, _arrays(noisy, corrupted), config, tmp_path)
   assert result.results["fused"]["map"] > _random_code_map(16) + 0.05
   records = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
   robust = [r for r in records if r["kind"] == "epoch" and r["phase"] == "robust"]
@@ -147,7 +160,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_earlier_checkpoints(tmp_p
   image = SPLITS.train.image.copy()
   image[200:] = np.nan  # these rows land in batches of the first epoch
   arrays = dict(_arrays(NOISY, CORRUPTED), image=image)
-  cfg = _config(tmp_path, checkpoint_every=0, log_every=1)
+  config = _scbch_config(checkpoint_every=0, log_every=1)
   with pytest.raises(FloatingPointError, match=r"non-finite training metrics at epoch 0"):
-    train(_scbch(), arrays, cfg, log=lambda _: None)
+    train(_scbch(config), arrays, config, tmp_path)
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "8"))

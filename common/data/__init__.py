@@ -4,6 +4,8 @@ The TFDS names (load_tfds_splits, build_tfds, NoisyHashing) are imported on
 first use, so `import common.data` does not pull in tensorflow_datasets.
 """
 
+from common.data.folder import FolderData
+from common.data.folder import read_dataset
 from common.data.noise import corrupt_labels
 from common.data.noise import dcgmh_four_way
 from common.data.noise import noise_stats

@@ -3,12 +3,17 @@
 Everything comes back as float32 with rows = items. HDF5 datasets are copied
 in row blocks into a preallocated float32 array, so converting a float64 file
 never holds a second full-size copy in memory.
+
+An empty, truncated or corrupt file (an interrupted download or copy) is
+reported as one ValueError line naming the file, not as the HDF5 or scipy
+error it causes deep down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -27,9 +32,36 @@ def where(path: str, key: str) -> str:
 
 
 def require_file(path: str) -> None:
-  """Raises FileNotFoundError naming `path` unless it is an existing file."""
+  """Raises FileNotFoundError naming `path` unless it is an existing file, and
+  ValueError if it is empty."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Data file not found: {path!r}.")
+  if os.path.getsize(path) == 0:
+    raise ValueError(f"file {path!r}: empty (0 bytes); copy or download it again.")
+
+
+def _damaged(path: str, kind: str, error: BaseException) -> ValueError:
+  reason = str(error).splitlines()[0][:200] if str(error) else ""
+  return ValueError(
+      f"file {path!r}: truncated or corrupt {kind} file "
+      f"({type(error).__name__}{': ' + reason if reason else ''}); copy or "
+      "download it again.")
+
+
+@contextlib.contextmanager
+def open_h5(path: str) -> Iterator[h5py.File]:
+  """h5py.File(path, "r"), with a damaged file (or a read from one) reported
+  as one ValueError line naming the file."""
+  require_file(path)
+  try:
+    f = h5py.File(path, "r")
+  except OSError as e:
+    raise _damaged(path, "HDF5", e) from e
+  with f:
+    try:
+      yield f
+    except OSError as e:  # h5py raises OSError for unreadable data blocks
+      raise _damaged(path, "HDF5", e) from e
 
 
 def h5_dataset(f: h5py.File, key: str) -> h5py.Dataset:
@@ -122,11 +154,19 @@ def read_mat(path: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
   Raises:
     FileNotFoundError: no such file.
     KeyError: a key is missing (naming file and key).
+    ValueError: the file is empty, truncated or corrupt (naming it).
   """
   if is_hdf5(path):
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
       return {k: read_h5_matrix(f, k, transpose=True) for k in keys}
-  contents = scipy.io.loadmat(path, variable_names=list(keys))
+  try:
+    contents = scipy.io.loadmat(path, variable_names=list(keys))
+  except MemoryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # scipy fails on damaged files with whatever error the missing bytes
+    # cause (IndexError, OSError, zlib.error, MatReadError, ...).
+    raise _damaged(path, "MATLAB", e) from e
   result = {}
   for k in keys:
     if k not in contents:

@@ -27,7 +27,6 @@ import os
 from typing import Sequence
 
 from absl import logging
-import h5py
 import numpy as np
 
 from common.data import matio
@@ -227,10 +226,11 @@ def _load(path: str, keys: Sequence[str]) -> np.ndarray:
   .h5/.h5py files: HDF5 written from numpy, rows = items.
   """
   if matio.is_hdf5(path):
-    with h5py.File(path, "r") as f:
+    with matio.open_h5(path) as f:
       return matio.read_h5_concat(f, keys, transpose=path.endswith(".mat"))
   if not path.endswith(".mat"):
-    raise ValueError(f"file {path!r}: not an HDF5 file.")
+    raise ValueError(f"file {path!r}: not an HDF5 file (truncated or corrupt?); "
+                     "copy or download it again.")
   arrays = matio.read_mat(path, keys)
   parts = [arrays[k] for k in keys]
   dims = {k: a.shape[1] for k, a in arrays.items()}
@@ -367,9 +367,10 @@ def read_benchmark(name: str, data_dir: str, *, layout: str | None = None,
   Raises:
     FileNotFoundError: data_dir or a file of the layout is missing.
     KeyError: a file lacks an expected key (naming file and key).
-    ValueError: unknown name/layout, ambiguous files, item counts that differ
-      across modalities, non-binary labels, non-finite features, a wrong
-      number of classes, impossible sizes.
+    ValueError: unknown name/layout, ambiguous files, an empty, truncated or
+      corrupt file, item counts that differ across modalities, non-binary
+      labels, non-finite features, a wrong number of classes, impossible
+      sizes.
   """
   spec = benchmark_spec(name)
   if layout is None:
@@ -425,8 +426,8 @@ def read_scbch_noisy_labels(
 
   Raises:
     FileNotFoundError: no noise file (listing the names tried).
-    ValueError: several candidate files, bad shapes, non-binary labels, or a
-      mismatch with `train_labels`.
+    ValueError: several candidate files, an empty, truncated or corrupt file,
+      bad shapes, non-binary labels, or a mismatch with `train_labels`.
     KeyError: a missing key (naming file and key).
   """
   spec = benchmark_spec(name)
@@ -443,7 +444,7 @@ def read_scbch_noisy_labels(
         f"Several SCBCH noise files for {name} at rate {rate} in data_dir="
         f"{data_dir!r}: {found}; keep one.")
   path = os.path.join(data_dir, found[0])
-  with h5py.File(path, "r") as f:
+  with matio.open_h5(path) as f:
     noisy = matio.read_h5_matrix(f, "result", transpose=False)
     clean = matio.read_h5_matrix(f, "True", transpose=False)
   for key, x in (("result", noisy), ("True", clean)):

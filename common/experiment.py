@@ -1,0 +1,216 @@
+"""`run(config, workdir)`: one training run (or checkpoint evaluation) from a config.
+
+The one entry point behind the launchers, usable from Python (a notebook, a
+sweep, a test) with no flags parsed:
+
+    from configs import scbch
+    config = scbch.get_config("synthetic:tiny")
+    with config.unlocked(): ...          # or config.bits = 16 (existing keys)
+    results = common.experiment.run(config, "runs/try1")
+
+Everything is checked before any compute (errors name `config.<key>`);
+re-running the same config in the same workdir resumes; a workdir holding a
+run with another config is refused with the differing keys named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+
+from common import evaluation
+from common import plots
+from common import run_config
+from common import run_data
+from common import workdir as workdir_lib
+from common.evaluator import RetrievalEvaluator
+from common.reporting import read_jsonl
+from common.run_config import ConfigError, check
+from common.train_loop import check_loop_config, restore_for_eval, train, with_settings
+
+# method name -> module with check_config(config) and build(config, data).
+METHODS = {"scbch": "scbch_jax.train", "dcgmh": "dcgmh_jax.train"}
+SELECTION_NOTES = {
+    "last": "last epoch",
+    "val": "best epoch on the validation split",
+    "test_queries": "best epoch ON THE TEST QUERIES (release protocol; optimistic)",
+}
+
+
+def method_module(name: str):
+  if name not in METHODS:
+    raise ConfigError(f"config.method={name!r}: expected one of {tuple(METHODS)}")
+  return importlib.import_module(METHODS[name])
+
+
+def _primary() -> bool:
+  return jax.process_index() == 0
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every key of a run, before anything is read or compiled."""
+  try:
+    module = method_module(config.method)
+    run_data.check_config(config)
+    check_loop_config(config)
+    module.check_config(config)
+  except AttributeError as e:  # a hand-built config that lacks a key
+    raise ConfigError(f"config lacks a key the run needs: {e}") from None
+
+
+def _lock(workdir: str):
+  """An exclusive lock on the workdir (process 0; the run's other processes
+  share it). A second run on the same workdir is refused, naming the holder."""
+  if not workdir:
+    raise ConfigError("workdir: required")
+  if jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return workdir_lib.WorkdirLock(workdir).acquire()
+
+
+def _record(config, data, method) -> dict:
+  """What identifies a run: its config plus the values resolved from the data."""
+  resolved = {"num_classes": data.splits.num_classes,
+              "image_dim": data.splits.image_dim, "text_dim": data.splits.text_dim,
+              "train_items": len(data.train_labels),
+              **getattr(method, "resolved", {})}
+  return {**run_config.to_dict(config), "resolved": resolved}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False,
+        eval_step: int | None = None, log: Callable[[str], None] = print,
+        on_step: Callable[[int], None] | None = None) -> dict:
+  """Trains (resuming if possible) and evaluates; returns the final results dict.
+
+  Args:
+    config: a run config (configs/scbch.py or configs/dcgmh.py).
+    workdir: checkpoints, metrics, results and codes go here.
+    eval_only: do not train: evaluate a checkpoint (`eval_step`, default the
+      best when selecting, else the latest) and write its results and codes.
+    eval_step: with eval_only, the checkpoint's global step.
+    log: where human-readable lines go (process 0 only).
+    on_step: called after each global step (tests use it to simulate a crash).
+
+  Raises:
+    ConfigError (a ValueError) naming config.<key>, before any compute.
+    common.preemption.PreemptedError: SIGTERM/SIGINT arrived; a checkpoint of
+      the step reached was saved, and the same call resumes from it.
+  """
+  started = time.time()
+  config = ml_collections.ConfigDict(config).lock()  # a private copy
+  check_config(config)
+  check(eval_step is None or eval_only, "eval_step", eval_step, "needs eval_only")
+  log = log if _primary() else (lambda _: None)
+  with _lock(workdir):
+    return _run_locked(config, workdir, started=started, eval_only=eval_only,
+                       eval_step=eval_step, log=log, on_step=on_step)
+
+
+def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step):
+  module = method_module(config.method)
+  data = run_data.load_run_data(config)
+  method = module.build(config, data)
+  record = _record(config, data, method)
+  config_path = os.path.join(workdir, run_config.CONFIG_FILE)
+  if os.path.exists(config_path):
+    with open(config_path, encoding="utf-8") as f:
+      run_config.check_same_run(json.load(f), record, workdir=workdir)
+  evaluator = RetrievalEvaluator(
+      {"test": (data.splits.query, data.splits.database),
+       **({"val": data.val} if data.val is not None else {})},
+      empty_queries=method.empty_queries)
+  splits = data.splits
+  log(f"{method.name.upper()} on {splits.name}: {len(splits.train)} train / "
+      f"{len(splits.query)} query / {len(splits.database)} database, "
+      f"C={splits.num_classes}, {config.bits} bits; noise {data.noise_summary}")
+
+  if eval_only:
+    state, step = restore_for_eval(method, config, workdir, step=eval_step, record=record)
+    results, _ = evaluator.evaluate(method, state, "test")
+    results = with_settings(results, selection=f"checkpoint {step} (eval_only)",
+                            selected_step=step)
+    tag, first_step = f"step{step}", None
+  else:
+    if _primary():  # only now: every check has passed
+      workdir_lib.atomic_write_json(config_path, record)
+    result = train(method, data.train_arrays(), config, workdir, evaluator=evaluator,
+                   record=record, on_step=on_step, log=log)
+    state, results, tag = result.state, result.results, "final"
+    first_step = result.first_step_seconds
+  results = with_settings(results, method=method.name, dataset=splits.name,
+                          bits=config.bits, noise=data.noise_summary,
+                          empty_queries=method.empty_queries,
+                          **getattr(method, "resolved", {}))
+  codes = evaluator.export(method, state)
+  if _primary():
+    _finish(results, codes=codes, workdir=workdir, method=method, tag=tag,
+            dataset_name=splits.name, log=log)
+    if not eval_only:
+      workdir_lib.atomic_write_json(os.path.join(workdir, "run_summary.json"), {
+          "method": method.name, "dataset": splits.name,
+          "selection": results["settings"]["selection"],
+          "selected_step": results["settings"]["selected_step"],
+          "seconds": time.time() - started, "first_step_seconds": first_step,
+          "maps": {k: v["map"] for k, v in results.items()
+                   if isinstance(v, Mapping) and "map" in v}})
+  return results
+
+
+def evaluate_checkpoint(workdir: str, step: int | None = None, **kwargs) -> dict:
+  """Evaluates a kept checkpoint of a finished or running workdir (its config.json)."""
+  return run(run_config.load(workdir), workdir, eval_only=True, eval_step=step, **kwargs)
+
+
+def _finish(results: Mapping[str, Any], *, codes: Mapping[str, np.ndarray],
+            workdir: str, method, tag: str, dataset_name: str,
+            log: Callable[[str], None]) -> None:
+  """Results JSON + PNG curves + codes .npz (+ diagnostics plot); prints the table."""
+  codes_path = os.path.join(workdir, f"{method.name}_codes.npz" if tag == "final"
+                            else f"{method.name}_{tag}_codes.npz")
+  workdir_lib.atomic_savez(codes_path, **codes)
+  paths = evaluation.write_results(results, workdir, prefix=f"{method.name}_{tag}")
+  if tag == "final":
+    plotted = plot_diagnostics(workdir, method.name, getattr(method, "diagnostics", {}))
+    if plotted:
+      paths = dict(paths, diagnostics=plotted)
+  selection = results["settings"].get("selection", "last")
+  log(f"\n{method.name.upper()} {tag} results on {dataset_name} "
+      f"({SELECTION_NOTES.get(selection, selection)}):")
+  if dataset_name.startswith("synthetic"):
+    log("  (synthetic data: a demo of the pipeline, not a benchmark result)")
+  log(evaluation.format_table(results))
+  log("written: " + ", ".join(sorted([str(p) for p in paths.values()] + [codes_path])))
+
+
+def plot_diagnostics(workdir: str, name: str, series: Mapping[str, str]) -> str | None:
+  """<name>_diagnostics.png: per-epoch values of `series` ({label: dotted key}
+  into the "epoch" records of metrics.jsonl; the last record of an epoch wins).
+  None if no epoch has any of them."""
+  records = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  for record in read_jsonl(path) if os.path.exists(path) else ():
+    if record.get("kind") == "epoch":
+      records[record["epoch"]] = record
+  lines = {}
+  for label, key in series.items():
+    points = []
+    for epoch, record in sorted(records.items()):
+      value = record
+      for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        points.append((epoch + 1, value))
+    if points:
+      lines[label] = tuple(np.asarray(p) for p in zip(*points))
+  if not lines:
+    return None
+  out = os.path.join(workdir, f"{name}_diagnostics.png")
+  return plots.plot_epoch_series(lines, out, title=f"{name.upper()} diagnostics")

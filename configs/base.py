@@ -1,0 +1,62 @@
+"""Keys every method's config shares: data, label noise and the training loop."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+BENCHMARKS = ("mirflickr25k", "nuswide21", "nuswide10", "mscoco", "iaprtc12")
+
+
+def split_arg(arg: str | None, presets) -> tuple[str, str]:
+  """(preset, dataset) from a config argument.
+
+  "" / None / "synthetic" -> the synthetic preset on `synthetic:demo`;
+  "synthetic:<size>" -> the synthetic preset on that generator size;
+  a benchmark name -> its preset on that benchmark (set config.data_dir).
+  """
+  arg = (arg or "synthetic").strip()
+  if arg == "synthetic":
+    return "synthetic", "synthetic:demo"
+  if arg.startswith("synthetic:"):
+    return "synthetic", arg
+  if arg not in presets:
+    raise ValueError(f"unknown config argument {arg!r}: expected synthetic, "
+                     f"synthetic:<size> or one of {sorted(set(presets) - {'synthetic'})}")
+  return arg, arg
+
+
+def base_config(method: str, dataset: str, *, noise_protocol: str,
+                noise_rate: float) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = method
+  # --- data ------------------------------------------------------------------
+  # synthetic:<size> (tiny, demo, mirflickr25k, ...), a benchmark name read from
+  # data_dir, tfds:<config> read from tfds_dir, or folder:<path> (your own data).
+  c.dataset = dataset
+  c.data_dir = config_dict.placeholder(str)
+  c.layout = config_dict.placeholder(str)      # ucch | scbch_h5 | dcgmh_mat
+  c.tfds_dir = config_dict.placeholder(str)
+  c.query_size = config_dict.placeholder(int)  # default: the dataset's split
+  c.train_size = config_dict.placeholder(int)
+  c.data_seed = 0                              # synthetic generator
+  # --- label noise injected into the TRAINING labels ------------------------
+  # scbch (one pair flipped) | dcgmh (four-way) | symmetric (per-bit) |
+  # release (the SCBCH release's noise file) | none
+  c.noise_protocol = noise_protocol
+  c.noise_rate = noise_rate
+  c.noise_seed = 0
+  # --- loop --------------------------------------------------------------------
+  c.epochs = 50
+  c.batch_size = 128            # GLOBAL: all devices of all processes
+  c.seed = 0                    # init, data order, augmentation
+  c.eval_every = 5              # epochs; 0: only at the end
+  c.checkpoint_every = 0        # global steps between mid-epoch checkpoints
+  c.keep = 3
+  c.log_every = 20
+  c.parallel = "shard_map"      # shard_map | pmap
+  c.selection = "last"          # last | val | test_queries
+  c.val_size = 500              # with selection=val
+  c.progress = True
+  c.eval_batch_size = 1024
+  return c

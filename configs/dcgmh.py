@@ -1,0 +1,51 @@
+"""DCGMH configs: `--config=configs/dcgmh.py:<arg>`.
+
+arg: synthetic (default; the CPU demo), synthetic:<size>, or a benchmark
+with the paper scripts' values (mirflickr25k, nuswide21, mscoco); set
+config.data_dir for a benchmark.
+"""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+from configs import base
+
+PRESETS = {
+    "mirflickr25k": dict(lr=0.005, warmup_epochs=5, beta=0.15, eta=1.0, seed=851),
+    "nuswide21": dict(lr=0.001, warmup_epochs=5, beta=0.05, eta=1.5, seed=1618),
+    "mscoco": dict(lr=0.01, warmup_epochs=30, beta=0.2, eta=1.2, seed=1401),
+    # MIRFlickr's loss weights, small widths, a short schedule: a CPU demo.
+    "synthetic": dict(lr=0.005, warmup_epochs=5, beta=0.15, eta=1.0, seed=0,
+                      epochs=30, lr_decay_every=20, hidden=1024, fused=1024),
+}
+
+
+def get_config(arg: str | None = None):
+  preset, dataset = base.split_arg(arg, PRESETS)
+  c = base.base_config("dcgmh", dataset, noise_protocol="dcgmh", noise_rate=0.4)
+  c.epochs = 150
+  c.batch_size = 48
+  c.bits = 32
+  c.hidden = 4096                 # first layer of each modality MLP
+  c.fused = config_dict.placeholder(int)  # fused width; None: 128 * bits
+  c.alpha = 1.0                   # L_q
+  c.beta = 0.15                   # L_unsup
+  c.gamma = 5.0                   # L_sep
+  c.eta = 1.0                     # L_pair
+  c.margin = 0.7                  # mu of L_unsup
+  c.k = 2                         # bank neighbours for label reconstruction
+  c.warmup_epochs = 5
+  # tau, the fraction of each batch flagged noisy: a number in [0, 1), "auto"
+  # (estimated from the consistency scores), or None: the injected noise rate
+  # when it is known, else "auto".
+  c.noise_ratio = config_dict.placeholder(object)
+  c.estimate_momentum = 0.99      # EMA over steps of the per-batch estimate
+  c.refresh_clean = False         # bank clean flags may recover (release: never)
+  c.lr = 0.005                    # SGD
+  c.momentum = 0.9
+  c.weight_decay = 1e-5
+  c.lr_decay_every = 100          # epochs between x lr_decay_factor
+  c.lr_decay_factor = 0.1
+  c.update(PRESETS[preset])
+  return c.lock()
