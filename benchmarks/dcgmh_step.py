@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 from benchmarks import bench_util  # noqa: E402
 from common import parallel  # noqa: E402
 from dcgmh_jax import noise_filter as nf  # noqa: E402
-from dcgmh_jax.train import DcgmhConfig, DcgmhMethod  # noqa: E402
+from configs import dcgmh as dcgmh_configs  # noqa: E402
+from dcgmh_jax.train import DcgmhMethod  # noqa: E402
 
 D_IMG, D_TXT, C, BITS, BANK = 4096, 1386, 24, 32, 10_000
 SETTINGS = [
@@ -60,13 +61,15 @@ def filter_only(batch: int, key) -> float:
 
 
 def bench(hidden, fused, batch, repeats):
-  config = DcgmhConfig(bits=BITS, num_classes=C, hidden=hidden, fused=fused,
-                       warmup_epochs=1, noise_ratio=0.4)
+  config = dcgmh_configs.get_config("synthetic:tiny")
+  config.update(dict(bits=BITS, hidden=hidden, fused=fused, warmup_epochs=1,
+                     batch_size=batch))
   rng = np.random.default_rng(0)
   labels = (rng.random((BANK, C)) < 0.1).astype(np.float32)
   method = DcgmhMethod(config, image_dim=D_IMG, text_dim=D_TXT, train_labels=labels,
-                       steps_per_epoch=100, eval_sets={})
-  dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:1]))
+                       noise_ratio=0.4)
+  dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:1]),
+                             max_phases=len(method.phases))
   idx = rng.permutation(BANK)[:batch].astype(np.int32) if batch <= BANK else \
       np.arange(batch, dtype=np.int32) % BANK
   data = dp.put_rows({"image": rng.random((batch, D_IMG), np.float32),
@@ -76,9 +79,11 @@ def bench(hidden, fused, batch, repeats):
   extras = dp.put_rows({})
   out = {}
   holder = {"state": dp.put_state(method.init_state())}
-  for phase in ("warmup", "robust"):
-    def one_step(phase=phase):
-      holder["state"], metrics = dp.step(holder["state"], data, extras, phase)
+  for epoch, phase in enumerate(method.phases):  # ("warmup", "robust")
+    def one_step(phase=phase, epoch=epoch):
+      holder["state"], metrics = dp.step(holder["state"], data, extras,
+                                         context={"epoch": epoch, "step_in_epoch": 0},
+                                         phase=phase)
       return metrics["loss"]
     out[phase] = bench_util.time_steps(one_step, repeats=repeats)[1]
   return out["warmup"], out["robust"], filter_only(batch, jax.random.key(0))
@@ -88,9 +93,14 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--no_record", action="store_true")
+  parser.add_argument("--settings", default=None,
+                      help="comma-separated indices into SETTINGS (default: all), "
+                           "e.g. --settings=0 for the paper widths at batch 48")
   args = parser.parse_args()
+  chosen = SETTINGS if args.settings is None else \
+      [SETTINGS[int(i)] for i in args.settings.split(",")]
   rows = []
-  for name, hidden, fused, batch in SETTINGS:
+  for name, hidden, fused, batch in chosen:
     warm, robust, filt = bench(hidden, fused, batch, args.repeats)
     rows.append([name, batch, f"{warm * 1e3:.1f}", f"{robust * 1e3:.1f}",
                  f"{batch / robust:.0f}", f"{filt * 1e3:.2f}",
@@ -105,7 +115,9 @@ def main():
           f"Median of {args.repeats} steps after the first (compile) step. The robust "
           "step runs the network twice (clean + augmented views).\n\n" + table)
   print(body)
-  if not args.no_record:
+  if args.settings is not None:  # a subset would replace the full table
+    print("(--settings given: RESULTS.md not updated)")
+  elif not args.no_record:
     bench_util.record(f"DCGMH train step (benchmarks/dcgmh_step.py, "
                       f"{jax.default_backend()})", body)
 

@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
 from common import parallel  # noqa: E402
-from scbch_jax.train import ScbchConfig, ScbchMethod  # noqa: E402
+from configs import scbch as scbch_configs  # noqa: E402
+from scbch_jax.train import ScbchMethod  # noqa: E402
 
 SETTINGS = [
     # name, image_hidden, text_hidden, bits, batch
@@ -33,15 +34,14 @@ SETTINGS = [
 
 
 def bench(image_hidden, text_hidden, bits, batch, repeats):
-  config = ScbchConfig(bits=bits, num_classes=24, image_hidden=image_hidden,
-                       text_hidden=text_hidden)
+  config = scbch_configs.get_config("synthetic:tiny")
+  config.update(dict(bits=bits, image_hidden=tuple(image_hidden),
+                     text_hidden=tuple(text_hidden), batch_size=batch))
   rng = np.random.default_rng(0)
-  n = batch
-  labels = (rng.random((n, 24)) < 0.1).astype(np.float32)
-  method = ScbchMethod(config, image_dim=4096, text_dim=1386, train_labels=labels,
-                       train_image=np.zeros((n, 4096), np.float32),
-                       train_text=np.zeros((n, 1386), np.float32), eval_sets={})
-  dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:1]))
+  labels = (rng.random((batch, 24)) < 0.1).astype(np.float32)
+  method = ScbchMethod(config, image_dim=4096, text_dim=1386, num_classes=24)
+  dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:1]),
+                             max_phases=len(method.phases))
   state = dp.put_state(method.init_state())
   data = dp.put_rows({"image": rng.random((batch, 4096), np.float32),
                       "text": (rng.random((batch, 1386)) < 0.02).astype(np.float32),
@@ -50,7 +50,9 @@ def bench(image_hidden, text_hidden, bits, batch, repeats):
   holder = {"state": state}
 
   def one_step():
-    holder["state"], metrics = dp.step(holder["state"], data, extras)
+    holder["state"], metrics = dp.step(holder["state"], data, extras,
+                                       context={"epoch": 0, "step_in_epoch": 0},
+                                       phase=method.phases[0])
     return metrics["loss"]
 
   first, median = bench_util.time_steps(one_step, repeats=repeats)
@@ -63,9 +65,14 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--cscc", action="store_true", help="also run scbch_cscc.py")
   parser.add_argument("--no_record", action="store_true")
+  parser.add_argument("--settings", default=None,
+                      help="comma-separated indices into SETTINGS (default: all), "
+                           "e.g. --settings=1 for the small one only")
   args = parser.parse_args()
+  chosen = SETTINGS if args.settings is None else \
+      [SETTINGS[int(i)] for i in args.settings.split(",")]
   rows = []
-  for name, ih, th, bits, batch in SETTINGS:
+  for name, ih, th, bits, batch in chosen:
     first, median, params = bench(ih, th, bits, batch, args.repeats)
     rows.append([name, batch, f"{params / 1e6:.1f}M", f"{first:.2f}",
                  f"{median * 1e3:.1f}", f"{batch / median:.0f}"])
@@ -77,7 +84,9 @@ def main():
           f"date {bench_util.today()}; peak RSS {bench_util.peak_rss_gb():.1f} GB.\n"
           f"Median of {args.repeats} steps after the first (compile) step.\n\n{table}")
   print(body)
-  if not args.no_record:
+  if args.settings is not None:  # a subset would replace the full table
+    print("(--settings given: RESULTS.md not updated)")
+  elif not args.no_record:
     section = f"SCBCH train step (benchmarks/scbch_step.py, {jax.default_backend()})"
     bench_util.record(section, body)
   if args.cscc:

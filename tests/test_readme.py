@@ -35,3 +35,11 @@ def test_every_launcher_flag_is_in_the_readme(launcher):
   assert names
   missing = [n for n in names if f"`--{n}`" not in README]
   assert not missing, f"flags of launch/{launcher}.py missing from README.md: {missing}"
+
+
+@pytest.mark.parametrize("method", ["scbch", "dcgmh"])
+def test_every_config_key_is_in_the_readme(method):
+  import importlib
+  config = importlib.import_module(f"configs.{method}").get_config()
+  missing = [k for k in config.keys() if f"`config.{k}`" not in README]
+  assert not missing, f"keys of configs/{method}.py missing from README.md: {missing}"
