@@ -164,6 +164,19 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
   return results
 
 
+def runner(method: str) -> Callable[..., dict]:
+  """`run` for one method's configs only (scbch_jax.run, dcgmh_jax.run)."""
+  def run_method(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict:
+    if config.method != method:
+      raise ConfigError(f"config.method={config.method!r}: {method}_jax.run needs a "
+                        f"configs/{method}.py config")
+    return run(config, workdir, **kwargs)
+  run_method.__name__ = "run"
+  run_method.__doc__ = (f"Trains and evaluates {method.upper()} from a configs/{method}.py "
+                        "config; see common.experiment.run.")
+  return run_method
+
+
 def evaluate_checkpoint(workdir: str, step: int | None = None, **kwargs) -> dict:
   """Evaluates a kept checkpoint of a finished or running workdir (its config.json)."""
   return run(run_config.load(workdir), workdir, eval_only=True, eval_step=step, **kwargs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-BENCHMARKS = ("mirflickr25k", "nuswide21", "nuswide10", "mscoco", "iaprtc12")
 
 
 def split_arg(arg: str | None, presets) -> tuple[str, str]:

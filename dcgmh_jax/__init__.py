@@ -31,13 +31,7 @@ from dcgmh_jax.train import DcgmhState
 from dcgmh_jax.train import make_optimizer
 
 
-def run(config, workdir: str, **kwargs) -> dict:
-  """Trains and evaluates DCGMH from a configs/dcgmh.py config (see
-  common.experiment.run for the keyword arguments); returns the results."""
-  if config.method != "dcgmh":
-    raise ValueError(f"config.method={config.method!r}: dcgmh_jax.run needs a "
-                     "DCGMH config (configs/dcgmh.py)")
-  return _experiment.run(config, workdir, **kwargs)
+run = _experiment.runner("dcgmh")
 
 
 __all__ = [

@@ -21,13 +21,7 @@ from scbch_jax.train import make_optimizer
 from scbch_jax.train import scbch_objective
 
 
-def run(config, workdir: str, **kwargs) -> dict:
-  """Trains and evaluates SCBCH from a configs/scbch.py config (see
-  common.experiment.run for the keyword arguments); returns the results."""
-  if config.method != "scbch":
-    raise ValueError(f"config.method={config.method!r}: scbch_jax.run needs an "
-                     "SCBCH config (configs/scbch.py)")
-  return _experiment.run(config, workdir, **kwargs)
+run = _experiment.runner("scbch")
 
 
 __all__ = [
