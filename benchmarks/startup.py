@@ -50,7 +50,9 @@ METHOD_FLAGS = {
 }
 BEFORE = ("Before configs as code (same tiny runs): 51 (SCBCH) / 63 (DCGMH) XLA "
           "programs compiled, and 13-16 s spent before the first step, on a loaded "
-          "2-core machine.")
+          "2-core machine (compare with 'compiled' and 'first step s (process)'). "
+          "DCGMH with one epoch never leaves its warm-up phase (warmup_epochs=5), "
+          "so the robust step's program is not among its count.")
 
 
 # --- child: the launcher, instrumented ------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import ml_collections
 import numpy as np
@@ -165,8 +166,13 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
     splits = dataclasses.replace(splits, train=take(kept, clean))
     noisy = noisy[kept]
     corrupted = None if corrupted is None else corrupted[kept]
-  if not np.any(splits.query.labels.any(axis=1)):
+  unlabeled_queries = int(np.sum(~splits.query.labels.any(axis=1)))
+  if unlabeled_queries == len(splits.query):
     raise ValueError(f"{splits.name}: no query item has a label, so no query has a "
                      "relevant item and mAP is undefined")
+  if unlabeled_queries:
+    warnings.warn(f"{splits.name}: {unlabeled_queries} of {len(splits.query)} query "
+                  "items have no label (no relevant item): SCBCH's mAP skips them, "
+                  "DCGMH's counts them as 0", stacklevel=2)
   return RunData(splits=splits, train_labels=noisy, corrupted=corrupted, val=val,
                  noise_summary=summary)
