@@ -63,9 +63,10 @@ class Method(Protocol):
                     train: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str]:
     """Host-side diagnostics after an epoch (logged as kind "epoch") and a line."""
 
-  def encode(self, state: PyTree, image: np.ndarray,
-             text: np.ndarray) -> dict[str, np.ndarray]:
-    """±1 codes: {"image", "text"} (cross-modal) or {"fused"} (multi-modal)."""
+  def encode(self, state: PyTree, image: np.ndarray, text: np.ndarray, *,
+             map_batches=pipeline.map_batches) -> dict[str, np.ndarray]:
+    """±1 codes: {"image", "text"} (cross-modal) or {"fused"} (multi-modal),
+    computed as map_batches(jitted fn, arrays, batch_size)."""
 
 
 def check_loop_config(config: ml_collections.ConfigDict) -> None:
@@ -290,7 +291,8 @@ def restore_for_eval(method: Method, config: ml_collections.ConfigDict, workdir:
       run_config.check_same_run(ckpt.read_meta(step).get("config", {}),
                                 run_config.to_dict(record), workdir=workdir,
                                 ignore=run_config.MAY_DIFFER_ON_RESUME)
-    state, _, _ = ckpt.restore(step, state_template=method.init_state())
+    # The template's shapes only: nothing is computed for it.
+    state, _, _ = ckpt.restore(step, state_template=jax.eval_shape(method.init_state))
   finally:
     ckpt.close()
   return state, step

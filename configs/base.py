@@ -29,6 +29,8 @@ def base_config(method: str, dataset: str, *, noise_protocol: str,
                 noise_rate: float) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = method
+  # A named loss variant / ablation of the method (<method>_jax.variants).
+  c.variant = "full"
   # --- data ------------------------------------------------------------------
   # synthetic:<size> (tiny, demo, mirflickr25k, ...), a benchmark name read from
   # data_dir, tfds:<config> read from tfds_dir, or folder:<path> (your own data).

@@ -17,6 +17,7 @@ from dcgmh_jax.losses import quantization_loss
 from dcgmh_jax.losses import unsupervised_contrastive_loss
 from dcgmh_jax.model import DcgmhNet
 from dcgmh_jax.noise_filter import center_similarity
+from dcgmh_jax.objectives import VARIANTS
 from dcgmh_jax.noise_filter import consistency_scores
 from dcgmh_jax.noise_filter import diagnostics_ratios
 from dcgmh_jax.noise_filter import estimate_noise_ratio
@@ -35,6 +36,7 @@ run = _experiment.runner("dcgmh")
 
 
 __all__ = [
+    "VARIANTS",
     "DcgmhMethod",
     "DcgmhNet",
     "DcgmhState",

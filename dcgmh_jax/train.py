@@ -29,9 +29,9 @@ import optax
 from common import parallel
 from common.codes import to_codes
 from common.data import pipeline
-from common.run_config import check, check_positive
+from common.run_config import check, check_choice, check_positive
 from dcgmh_jax import augment
-from dcgmh_jax import losses
+from dcgmh_jax import objectives
 from dcgmh_jax import noise_filter as nf
 from dcgmh_jax.model import DcgmhNet
 
@@ -42,6 +42,7 @@ DIAGNOSTIC_KEYS = ("items", "corrupted", "flagged", "true_positives", "reconstru
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """DCGMH's keys, before any compute (errors name config.<key>)."""
+  check_choice(config, "variant", objectives.VARIANTS)
   check_positive(config, ("bits", "hidden", "k", "lr", "lr_decay_every"))
   check(config.fused is None or (isinstance(config.fused, int) and config.fused > 0),
         "fused", config.fused, "must be a positive integer (None: 128 * bits)")
@@ -150,6 +151,7 @@ class DcgmhMethod:
         the estimate; never used for training).
     """
     self.config = ml_collections.FrozenConfigDict(config)
+    self.variant = objectives.VARIANTS[config.variant]
     num_classes = int(np.shape(train_labels)[1])
     model = functools.partial(DcgmhNet, bits=config.bits, num_classes=num_classes,
                               hidden=config.hidden, fused=config.fused)
@@ -197,7 +199,7 @@ class DcgmhMethod:
                 *, phase: Hashable):
     """Per-device step (runs under pmap or shard_map; see common.parallel)."""
     del extras
-    cfg = self.config
+    cfg, variant = self.config, self.variant
     robust = phase == "robust"
     key = jax.random.fold_in(state.rng, state.step)
     image_key, text_key = jax.random.split(key)
@@ -216,11 +218,9 @@ class DcgmhMethod:
           nf.center_similarity(jax.lax.stop_gradient(h_all), centers))
       scores = nf.consistency_scores(sim, labels_all)
       aux = {"batch_stats": mutated["batch_stats"], "scores": scores}
-      base = (cfg.alpha * losses.quantization_loss(h_all)
-              + cfg.gamma * losses.center_separation_loss(centers))
       if not robust:
-        total = losses.center_loss(h_all, centers, labels_all) + base
-        aux["parts"] = {"center": total - base}
+        total, aux["parts"] = objectives.warmup_objective(h_all, centers, labels_all,
+                                                          cfg, variant)
         return parallel.local_share(total), aux
 
       ratio = (state.noise_ratio_estimate if self.noise_ratio is None
@@ -233,26 +233,25 @@ class DcgmhMethod:
       bank_sim, bank_clean = nf.update_bank(
           state.bank_sim, state.bank_clean, index_r, sim_r, noisy_r,
           refresh_clean=cfg.refresh_clean)
-      new_labels, reconstructed = nf.reconstruct_labels(
-          sim_r, bank_sim, bank_clean, state.bank_labels, k=cfg.k, noisy=noisy_r,
-          self_indices=index_r, labels=labels_all)
-      unlabeled = noisy & ~reconstructed
-      image_aug = augment.augment_image(batch["image"], image_key, row_ids=row_ids,
+      if variant.reconstruction:
+        new_labels, reconstructed = nf.reconstruct_labels(
+            sim_r, bank_sim, bank_clean, state.bank_labels, k=cfg.k, noisy=noisy_r,
+            self_indices=index_r, labels=labels_all)
+      else:
+        new_labels, reconstructed = labels_all, jnp.zeros_like(noisy_r)
+      h_aug_all = None
+      if variant.unsup:
+        image_aug = augment.augment_image(batch["image"], image_key, row_ids=row_ids,
+                                          axis_name=parallel.AXIS)
+        text_aug = augment.augment_text(batch["text"], text_key, row_ids=row_ids,
                                         axis_name=parallel.AXIS)
-      text_aug = augment.augment_text(batch["text"], text_key, row_ids=row_ids,
-                                      axis_name=parallel.AXIS)
-      h_aug, mutated = self.model.apply(
-          {"params": params, "batch_stats": mutated["batch_stats"]},
-          image_aug, text_aug, train=True, mutable=["batch_stats"])
-      h_aug_all = parallel.gather_rows(h_aug)
-      parts = {
-          "center": losses.center_loss(h_all, centers, labels_all, mask=~noisy),
-          "unsup": losses.unsupervised_contrastive_loss(h_aug_all, h_all, unlabeled,
-                                                        margin=cfg.margin),
-          "pair": losses.pair_loss(h_all, jax.lax.stop_gradient(new_labels),
-                                   reconstructed),
-      }
-      total = parts["center"] + base + cfg.beta * parts["unsup"] + cfg.eta * parts["pair"]
+        h_aug, mutated = self.model.apply(
+            {"params": params, "batch_stats": mutated["batch_stats"]},
+            image_aug, text_aug, train=True, mutable=["batch_stats"])
+        h_aug_all = parallel.gather_rows(h_aug)
+      total, parts = objectives.robust_objective(
+          h_all, h_aug_all, centers, labels_all, noisy, reconstructed, new_labels,
+          cfg, variant)
       aux.update(batch_stats=mutated["batch_stats"], parts=parts, noisy=noisy_r,
                  reconstructed=reconstructed, new_labels=new_labels, ratio=ratio,
                  bank=(bank_sim, bank_clean))
@@ -300,7 +299,9 @@ class DcgmhMethod:
     return new_state.replace(diagnostics=diagnostics), metrics
 
   def phase(self, epoch: int) -> Hashable:
-    return "warmup" if epoch < self.config.warmup_epochs else "robust"
+    if not self.variant.filter or epoch < self.config.warmup_epochs:
+      return "warmup"
+    return "robust"
 
   # --- per epoch ------------------------------------------------------------------
 
@@ -335,11 +336,12 @@ class DcgmhMethod:
 
   # --- encoding -------------------------------------------------------------------
 
-  def encode(self, state: DcgmhState, image: np.ndarray,
-             text: np.ndarray) -> dict[str, np.ndarray]:
-    """±1 fused codes (int8), BatchNorm in inference mode."""
+  def encode(self, state: DcgmhState, image: np.ndarray, text: np.ndarray, *,
+             map_batches=pipeline.map_batches) -> dict[str, np.ndarray]:
+    """±1 fused codes (int8), BatchNorm in inference mode (`map_batches(fn,
+    arrays, batch_size)` decides where batches run)."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    h = pipeline.map_batches(
+    h = map_batches(
         lambda b: self._encode(variables, b["image"], b["text"]),
         {"image": image, "text": text}, self.config.eval_batch_size)
     return {"fused": np.asarray(to_codes(h), np.int8)}
@@ -352,3 +354,15 @@ def build(config: ml_collections.ConfigDict, data) -> DcgmhMethod:
                      text_dim=data.splits.text_dim, train_labels=data.train_labels,
                      noise_ratio=resolve_noise_ratio(config, data),
                      true_noise_ratio=true_ratio)
+
+
+def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any]
+                  ) -> DcgmhMethod:
+  """The method of a finished run, from its config.json (for encoding only; the
+  bank's labels are placeholders of the right shape, restored from the checkpoint)."""
+  ratio = resolved.get("noise_ratio")
+  return DcgmhMethod(config, image_dim=resolved["image_dim"],
+                     text_dim=resolved["text_dim"],
+                     train_labels=np.zeros((resolved["train_items"],
+                                            resolved["num_classes"]), np.float32),
+                     noise_ratio=None if ratio in (None, "auto") else float(ratio))

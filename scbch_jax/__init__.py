@@ -18,13 +18,15 @@ from scbch_jax.model import ScbchNet
 from scbch_jax.train import ScbchMethod
 from scbch_jax.train import TrainState
 from scbch_jax.train import make_optimizer
-from scbch_jax.train import scbch_objective
+from scbch_jax.objectives import VARIANTS
+from scbch_jax.objectives import scbch_objective
 
 
 run = _experiment.runner("scbch")
 
 
 __all__ = [
+    "VARIANTS",
     "ScbchMethod",
     "ScbchNet",
     "TrainState",

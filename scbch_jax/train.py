@@ -27,9 +27,9 @@ import optax
 from common import parallel
 from common.codes import to_codes
 from common.data import pipeline
-from common.run_config import check, check_positive, check_widths
+from common.run_config import check, check_choice, check_positive, check_widths
 from scbch_jax import cscc
-from scbch_jax import losses
+from scbch_jax import objectives
 from scbch_jax.model import ScbchNet
 
 PyTree = Any
@@ -37,6 +37,7 @@ PyTree = Any
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """SCBCH's keys, before any compute (errors name config.<key>)."""
+  check_choice(config, "variant", objectives.VARIANTS)
   check_positive(config, ("bits", "k", "lr", "cscc_block_size", "tau"))
   for key in ("alpha", "beta", "margin", "shift", "weight_decay"):
     check(isinstance(config[key], (int, float)) and config[key] >= 0, key,
@@ -64,29 +65,6 @@ def make_optimizer(config) -> optax.GradientTransformation:
                      optax.adam(config.lr))
 
 
-def scbch_objective(out: Mapping[str, jax.Array], labels: jax.Array,
-                    weights: jax.Array, config) -> tuple[jax.Array, dict]:
-  """This device's share of α·L_bsch + β·L_q + L_cls(w) (shares sum to the loss).
-
-  `out` holds this device's rows (u, v, logits_u, logits_v); `config` gives
-  alpha, beta, margin, shift, tau. Swap this function
-  (ScbchMethod(objective=...)) to try a loss variant.
-  """
-  u, v = out["u"], out["v"]
-  u_all, v_all = parallel.gather_rows(u), parallel.gather_rows(v)
-  labels_all = parallel.gather_rows(labels)
-  l_bsch = losses.bsch_loss_rows(u, v, labels, u_all, v_all, labels_all,
-                                 parallel.row_offset(u.shape[0]),
-                                 margin=config.margin, shift=config.shift,
-                                 tau=config.tau)
-  devices = parallel.num_shards()
-  l_q = losses.quantization_loss(u, v) / devices
-  l_cls = losses.classification_loss(out["logits_u"], out["logits_v"], labels,
-                                     weights) / devices
-  total = config.alpha * l_bsch + config.beta * l_q + l_cls
-  return total, {"bsch": l_bsch, "quant": l_q, "cls": l_cls}
-
-
 class ScbchMethod:
   """SCBCH plugged into common.train_loop (see train_loop.Method)."""
 
@@ -99,12 +77,13 @@ class ScbchMethod:
 
   def __init__(self, config: ml_collections.ConfigDict, *, image_dim: int,
                text_dim: int, num_classes: int,
-               objective: Callable[..., tuple[jax.Array, dict]] = scbch_objective):
+               objective: Callable[..., tuple[jax.Array, dict]] | None = None):
     """
     Args:
       config: the run config (configs/scbch.py keys).
       image_dim, text_dim, num_classes: the data's shapes.
-      objective: the per-device loss share (see scbch_objective).
+      objective: the per-device loss share; default: config.variant's
+        (scbch_jax.objectives.VARIANTS).
     """
     self.config = ml_collections.FrozenConfigDict(config)
     self.model = ScbchNet(bits=config.bits, num_classes=num_classes,
@@ -112,7 +91,10 @@ class ScbchMethod:
                           text_hidden=tuple(config.text_hidden))
     self.tx = make_optimizer(config)
     self.image_dim, self.text_dim = image_dim, text_dim
-    self.objective = objective
+    variant = objectives.VARIANTS[config.variant]
+    self.objective = objective or variant.objective
+    # Without CSCC the weights are ones: the per-epoch pass is skipped.
+    self.uses_cscc = variant.uses_cscc if objective is None else True
     self._encode_image = jax.jit(functools.partial(
         self.model.apply, method=ScbchNet.encode_image))
     self._encode_text = jax.jit(functools.partial(
@@ -159,20 +141,22 @@ class ScbchMethod:
 
   # --- encoding -------------------------------------------------------------------
 
-  def encode_continuous(self, params: PyTree, image: np.ndarray, text: np.ndarray
+  def encode_continuous(self, params: PyTree, image: np.ndarray, text: np.ndarray, *,
+                        map_batches=pipeline.map_batches
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """Continuous codes (u, v) of paired items, in fixed-size jitted batches."""
+    """Continuous codes (u, v) of paired items, in fixed-size jitted batches
+    (`map_batches(fn, arrays, batch_size)` decides where batches run)."""
     size = self.config.eval_batch_size
-    u = pipeline.map_batches(
+    u = map_batches(
         lambda b: self._encode_image({"params": params}, b["x"]), {"x": image}, size)
-    v = pipeline.map_batches(
+    v = map_batches(
         lambda b: self._encode_text({"params": params}, b["x"]), {"x": text}, size)
     return u, v
 
-  def encode(self, state: TrainState, image: np.ndarray,
-             text: np.ndarray) -> dict[str, np.ndarray]:
+  def encode(self, state: TrainState, image: np.ndarray, text: np.ndarray, *,
+             map_batches=pipeline.map_batches) -> dict[str, np.ndarray]:
     """±1 codes of each modality (int8)."""
-    u, v = self.encode_continuous(state.params, image, text)
+    u, v = self.encode_continuous(state.params, image, text, map_batches=map_batches)
     return {"image": np.asarray(to_codes(u), np.int8),
             "text": np.asarray(to_codes(v), np.int8)}
 
@@ -181,7 +165,7 @@ class ScbchMethod:
   def epoch_extras(self, state: TrainState, epoch: int,
                    train: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     n = len(train["labels"])
-    if epoch < self.config.cscc_start_epoch:
+    if epoch < self.config.cscc_start_epoch or not self.uses_cscc:
       return {"weight": np.ones(n, np.float32)}
     u, v = self.encode_continuous(state.params, train["image"], train["text"])
     weights = cscc.neighbour_consistency_weights(
@@ -193,7 +177,7 @@ class ScbchMethod:
                     extras: Mapping[str, np.ndarray],
                     train: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str]:
     w = extras["weight"]
-    summary = {"cscc_active": epoch >= self.config.cscc_start_epoch,
+    summary = {"cscc_active": self.uses_cscc and epoch >= self.config.cscc_start_epoch,
                "weight_mean": float(w.mean()), "weight_std": float(w.std()),
                "weight_min": float(w.min()), "weight_max": float(w.max())}
     if not summary["cscc_active"]:
@@ -218,3 +202,10 @@ def build(config: ml_collections.ConfigDict, data) -> ScbchMethod:
   return ScbchMethod(config, image_dim=data.splits.image_dim,
                      text_dim=data.splits.text_dim,
                      num_classes=data.splits.num_classes)
+
+
+def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any]
+                  ) -> ScbchMethod:
+  """The method of a finished run, from its config.json (for encoding only)."""
+  return ScbchMethod(config, image_dim=resolved["image_dim"],
+                     text_dim=resolved["text_dim"], num_classes=resolved["num_classes"])
