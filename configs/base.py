@@ -60,4 +60,9 @@ def base_config(method: str, dataset: str, *, noise_protocol: str,
   c.val_size = 500              # with selection=val
   c.progress = True
   c.eval_batch_size = 1024
+  # --- numerics ------------------------------------------------------------------
+  c.compute_dtype = "float32"   # float32 | bfloat16 (matmuls/activations)
+  c.param_dtype = "float32"     # parameters and optimiser state
+  # --- reproducing the releases on purpose (labelled in every output) ----------
+  c.release_compat = False
   return c
