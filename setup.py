@@ -44,6 +44,10 @@ setuptools.setup(
             "nhj-dcgmh=launch.dcgmh:cli_main",
             "nhj-evaluate=launch.evaluate:cli_main",
             "nhj-prepare-data=launch.prepare_data:cli_main",
+            "nhj-sweep=launch.sweep:cli_main",
+            "nhj-report=launch.report:cli_main",
+            "nhj-encode=launch.encode:cli_main",
+            "nhj-search=launch.search:cli_main",
         ]
     },
 )

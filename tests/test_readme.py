@@ -23,7 +23,8 @@ def test_ci_runs_exactly_the_readme_test_command():
   assert test_commands[0] in ci.splitlines()
 
 
-@pytest.mark.parametrize("launcher", ["scbch", "dcgmh", "evaluate", "prepare_data"])
+@pytest.mark.parametrize("launcher", ["scbch", "dcgmh", "evaluate", "prepare_data",
+                                      "encode", "search", "sweep", "report"])
 def test_every_launcher_flag_is_in_the_readme(launcher):
   code = (f"import sys; sys.argv=['x']; import launch.{launcher}; "
           "from absl import flags; "
