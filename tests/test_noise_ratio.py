@@ -1,0 +1,48 @@
+"""The label-margin noise-ratio estimator against a NumPy reference."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgmh_jax import noise_filter as nf
+
+
+def ref_margins(sim, labels):
+  out = []
+  for s, y in zip(np.asarray(sim, np.float64), np.asarray(labels)):
+    m = int(y.sum())
+    if m == 0:
+      out.append(nf.EMPTY_ROW_SCORE - s.max())
+      continue
+    kappa = s[y == 1].mean()
+    best = np.sort(s)[::-1][:m].mean()
+    out.append(min(kappa - best, 0.0))
+  return np.asarray(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_margins_and_ratio_match_reference(seed):
+  rng = np.random.default_rng(seed)
+  n, c = 50, 6
+  sim = np.round(rng.uniform(-1, 1, (n, c)), 1).astype(np.float32)  # many ties
+  labels = (rng.random((n, c)) < 0.3).astype(np.float32)
+  labels[0] = 0                                  # an empty row
+  labels[1] = 1                                  # every class: margin 0
+  labels[2] = 0
+  labels[2, np.argmax(sim[2])] = 1               # the top class: margin 0
+  got = np.asarray(nf.label_margins(jnp.asarray(sim), jnp.asarray(labels)))
+  want = ref_margins(sim, labels)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  assert got[1] == 0 and got[2] == 0 and np.all(got <= 0)
+  for threshold in (0.0, 0.047, 0.13, 0.51):  # off the tie grid of the sims
+    ratio = float(nf.margin_noise_ratio(jnp.asarray(sim), jnp.asarray(labels),
+                                        threshold=threshold))
+    assert ratio == pytest.approx(np.mean(want < -threshold))
+
+
+def test_one_item_and_bad_threshold():
+  sim = jnp.asarray([[0.2, 0.9]])
+  assert float(nf.margin_noise_ratio(sim, jnp.asarray([[1.0, 0.0]]))) == 1.0
+  assert float(nf.margin_noise_ratio(sim, jnp.asarray([[0.0, 1.0]]))) == 0.0
+  with pytest.raises(ValueError, match="threshold"):
+    nf.margin_noise_ratio(sim, jnp.asarray([[0.0, 1.0]]), threshold=-1.0)
