@@ -73,15 +73,21 @@ def _is_enospc(exc: BaseException) -> bool:
 
 
 def _read_cause(item: str, exc: BaseException) -> str:
-  """Why `item` of a checkpoint could not be read, in a few words."""
+  """Why `item` of a checkpoint could not be read, in a few words.
+
+  Orbax may wrap TensorStore's error (e.g. "Encountered error while reading
+  array index ..." around OUT_OF_RANGE), so the whole chain is looked at.
+  """
+  for e in _chain(exc):
+    text = str(e)
+    if isinstance(e, KeyError) and "was not found" in text:
+      return f"{item} missing"
+    if isinstance(e, FileNotFoundError) or text.startswith("NOT_FOUND"):
+      return f"{item} files missing"
+    if isinstance(e, json.JSONDecodeError) or text.startswith(
+        ("DATA_LOSS", "OUT_OF_RANGE")):
+      return f"{item} truncated or corrupt"
   text = str(exc)
-  if isinstance(exc, KeyError) and "was not found" in text:
-    return f"{item} missing"
-  if isinstance(exc, FileNotFoundError) or text.startswith("NOT_FOUND"):
-    return f"{item} files missing"
-  if isinstance(exc, json.JSONDecodeError) or text.startswith(
-      ("DATA_LOSS", "OUT_OF_RANGE")):
-    return f"{item} truncated or corrupt"
   return f"{item}: {text.splitlines()[0][:200] if text else type(exc).__name__}"
 
 
@@ -98,23 +104,32 @@ def _from_orbax(record: logging.LogRecord) -> bool:
 
 
 def _from_tensorstore_task(record: logging.LogRecord) -> bool:
-  # Concurrent reads of a damaged checkpoint fail together; asyncio reports
-  # each one nobody awaited any more when its task is collected.
+  # Concurrent reads of a damaged checkpoint (or writes to a full disk) fail
+  # together; asyncio reports each one nobody awaited any more when collected.
   exc = record.exc_info[1] if record.exc_info else None
-  return not (str(record.msg).startswith("Task exception was never retrieved")
-              and exc is not None and "tensorstore_spec" in str(exc))
+  return not ("exception was never retrieved" in str(record.msg)  # Task, Future, ...
+              and exc is not None and (_is_enospc(exc) or any(
+                  "tensorstore_spec" in str(e) or str(e).startswith(
+                      ("Encountered error while reading array", "DATA_LOSS",
+                       "OUT_OF_RANGE", "NOT_FOUND")) for e in _chain(exc))))
 
 
 def _quiet_unraisablehook(previous):
   def hook(unraisable):
     # Tensorstore completes a read abandoned by a failed restore into Orbax's
     # already closed event loop, and reports that as unraisable.
+    # The other reads of a damaged checkpoint fail too, in coroutines that
+    # asyncio.gather abandoned after the first failure ("Exception ignored in").
     value, tb = unraisable.exc_value, unraisable.exc_traceback
     while tb is not None and tb.tb_next is not None:
       tb = tb.tb_next
-    if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
-            and tb is not None and tb.tb_frame.f_code.co_name in (
-                "call_soon_threadsafe", "_check_closed")):
+    closed_loop = (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+                   and tb is not None and tb.tb_frame.f_code.co_name in (
+                       "call_soon_threadsafe", "_check_closed"))
+    abandoned_read = (tb is not None
+                      and f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename
+                      and str(value).startswith("Encountered error while reading array"))
+    if not (closed_loop or abandoned_read):
       previous(unraisable)
   hook.quiet_orbax = True
   return hook
@@ -160,6 +175,7 @@ class Checkpointer:
     self.track_best = track_best
     self._pending: int | None = None   # step of the save in flight
     self._failed: CheckpointWriteError | None = None
+    self._damaged: set[int] = set()    # skipped by restore_newest_valid
 
   # ------------------------------------------------------------------ listing
 
@@ -194,6 +210,12 @@ class Checkpointer:
     if self._failed is not None:
       raise self._failed
     self.wait()
+    if step in self._damaged:
+      # Orbax refuses to save a step that exists; a resumed run that fell back
+      # from a damaged checkpoint rewrites its step (every process calls this).
+      self._damaged.discard(step)
+      if step in self.all_steps():
+        self._manager.delete(step)
     metrics = None if score is None else {"score": float(score)}
     try:
       self._manager.save(
@@ -310,7 +332,8 @@ class Checkpointer:
     """Restores the newest checkpoint that reads back whole.
 
     Damaged checkpoints are skipped newest first, each with one `log` line
-    ("checkpoint 16 unreadable (meta missing); falling back to 8").
+    ("checkpoint 16 unreadable (meta missing); falling back to 8"); a later
+    `save` of a skipped step replaces it.
 
     Args:
       state_template: the state structure to restore into.
@@ -334,6 +357,8 @@ class Checkpointer:
         if check_meta is not None:
           check_meta(meta)
         state, extras = self._restore_arrays(step, state_template)
+        # The resumed run saves the damaged steps again (see `save`).
+        self._damaged.update(steps[:i])
         return step, state, extras, meta
       except CheckpointReadError as e:
         tried.append(f"{step} ({e.cause})")

@@ -5,10 +5,10 @@
       --noise_protocol=scbch --noise_rate=0.5
 """
 
-from absl import app
 from absl import flags
 
 from common.data import prepare
+from launch import cli
 
 _DATASET = flags.DEFINE_string(
     "dataset", "synthetic_demo",
@@ -40,22 +40,22 @@ _OVERWRITE = flags.DEFINE_bool(
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    report = prepare.prepare_data(
-        _DATASET.value, tfds_dir=_TFDS_DIR.value, data_dir=_DATA_DIR.value,
-        layout=_LAYOUT.value, query_size=_QUERY_SIZE.value,
-        train_size=_TRAIN_SIZE.value, noise_protocol=_NOISE_PROTOCOL.value,
-        noise_rate=_NOISE_RATE.value, noise_seed=_NOISE_SEED.value,
-        summary_only=_SUMMARY_ONLY.value, overwrite=_OVERWRITE.value)
-  except (ValueError, FileNotFoundError, KeyError) as e:
-    raise app.UsageError(str(e.args[0]) if e.args else str(e)) from e
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
+  # TFDS's own messages, INFO logs and progress bars only with -v/--verbosity.
+  cli.quiet_library_logs()
+  report = prepare.prepare_data(
+      _DATASET.value, tfds_dir=_TFDS_DIR.value, data_dir=_DATA_DIR.value,
+      layout=_LAYOUT.value, query_size=_QUERY_SIZE.value,
+      train_size=_TRAIN_SIZE.value, noise_protocol=_NOISE_PROTOCOL.value,
+      noise_rate=_NOISE_RATE.value, noise_seed=_NOISE_SEED.value,
+      summary_only=_SUMMARY_ONLY.value, overwrite=_OVERWRITE.value)
   print(report)
 
 
 def cli_main():
-  """Console-script entry point (nhj-prepare-data)."""
-  app.run(main)
+  """Console-script entry point (nhj-prepare-data); bad input is one `error:`
+  line and exit status 2."""
+  cli.run_main(main)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,26 @@ def test_cli_names_missing_flag():
       cwd=_REPO, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode != 0
   assert "--data_dir is required" in result.stdout + result.stderr
+
+
+def test_cli_output_is_its_own_lines_without_progress_bars(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.prepare_data", "--dataset=tiny",
+       f"--tfds_dir={tmp_path}"],
+      cwd=_REPO, capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, PYTHONPATH=_REPO))
+  assert result.returncode == 0, result.stderr
+  for stream in (result.stdout, result.stderr):
+    assert "\x1b[" not in stream and "\r" not in stream
+    assert "Downloading and preparing" not in stream
+    assert "Generating splits" not in stream
+  assert result.stdout.startswith("TFDS: noisy_hashing/synthetic_tiny in ")
+  assert result.stderr.strip() == ""
+  bad = subprocess.run(
+      [sys.executable, "-m", "launch.prepare_data", "--dataset=iaprtc12"],
+      cwd=_REPO, capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, PYTHONPATH=_REPO))
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines() == [
+      "error: --data_dir is required for the benchmark 'iaprtc12': the folder "
+      "with its feature files (see docs/data.md)."]

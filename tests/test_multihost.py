@@ -1,10 +1,14 @@
 """Multi-host: 2 processes x 2 CPU devices (jax.distributed over loopback, gloo
-collectives) produce exactly the codes of 1 process x 4 devices."""
+collectives) produce exactly the codes of 1 process x 4 devices; a SIGTERM to
+one process stops both at the same step, and the re-run finishes exactly."""
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -60,3 +64,76 @@ def test_two_processes_equal_one_process_with_as_many_devices(tmp_path, module, 
   # Only process 0 wrote logs: one run's worth of final records.
   finals = [l for l in open(tmp_path / "multi" / "metrics.jsonl") if '"final"' in l]
   assert len(finals) == 1
+
+
+def _max_logged_step(workdir):
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except FileNotFoundError:
+    return 0
+  steps = [0]
+  for line in lines:
+    try:
+      steps.append(json.loads(line)["step"])
+    except (ValueError, KeyError):
+      pass
+  return max(steps)
+
+
+def _start_pair(module, args, workdir):
+  address = f"127.0.0.1:{_free_port()}"
+  return [subprocess.Popen(
+      _command(module, args + [f"--coordinator_address={address}",
+                               "--num_processes=2", f"--process_id={i}"], workdir),
+      cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path):
+  """SIGTERM to process 1 only: both processes agree on the step (the flags are
+  all-gathered every 10 steps), save its checkpoint once and exit 0; the same
+  two commands then finish with the codes of one uninterrupted 1-process run
+  with as many devices (2 processes x 1 device vs 1 process x 2 devices)."""
+  module = "launch.scbch"
+  # 8 steps an epoch, 32 in all: the signal (sent at step >= 1) is agreed at 10,
+  # 20 or 30, however slowly the gloo steps run.
+  common = ["--config.dataset=synthetic:tiny", "--config.epochs=4",
+            "--config.batch_size=32", "--config.bits=16", "--config.progress=false",
+            "--config.checkpoint_every=0", "--config.log_every=1",
+            "--config.image_hidden=32,32", "--config.text_hidden=(32,)",
+            "--config.cscc_start_epoch=1", "--compilation_cache_dir="]
+  workdir = tmp_path / "multi"
+  procs = _start_pair(module, common, workdir)
+  deadline = time.time() + 300
+  while _max_logged_step(workdir) < 1:
+    assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+    assert time.time() < deadline, "no training step logged"
+    time.sleep(0.01)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, f"{out}\n{err}"
+    assert "Traceback" not in err, err
+  stopped = [l for l in outputs[0][1].splitlines() if l.startswith("preempted at step ")]
+  assert len(stopped) == 1, outputs[0][1]
+  step = int(stopped[0].split()[3].rstrip(";"))
+  assert step % 10 == 0 and 10 <= step < 32, stopped
+  assert "preempted" not in outputs[1][1]  # only process 0 reports
+  steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+  assert steps[-1] == step, steps   # the agreed step, saved once (one directory)
+  assert not (workdir / "scbch_codes.npz").exists()
+  # The same commands again: resume from the agreed step and finish.
+  procs = _start_pair(module, common, workdir)
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, f"{out}\n{err}"
+  assert f"at global step {step}" in outputs[0][0]
+  single = subprocess.run(_command(module, common, tmp_path / "single"), cwd=ROOT,
+                          env=_env(2), capture_output=True, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr
+  with np.load(workdir / "scbch_codes.npz") as multi, \
+       np.load(tmp_path / "single" / "scbch_codes.npz") as one:
+    assert multi.files == one.files
+    for key in one.files:
+      np.testing.assert_array_equal(multi[key], one[key], err_msg=key)

@@ -79,6 +79,16 @@ class NoisyHashing(tfds.core.GeneratorBasedBuilder):
     self._train_size = train_size
     super().__init__(**kwargs)
 
+  # TFDS prints these to stdout in bold ("Downloading and preparing dataset
+  # Unknown size ..."); here they are INFO logs (shown with -v/--verbosity).
+  def _log_download_bytes(self) -> None:
+    logging.info("Preparing %s/%s in %s.", self.name, self.builder_config.name,
+                 self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("Prepared %s/%s in %s.", self.name, self.builder_config.name,
+                 self.data_dir)
+
   def _info(self) -> tfds.core.DatasetInfo:
     vector = lambda: tfds.features.Tensor(shape=(None,), dtype=np.float32)
     return tfds.core.DatasetInfo(
@@ -161,6 +171,8 @@ def build_tfds(config_name: str, tfds_dir: str, *, data_dir: str | None = None,
                          query_size=query_size, train_size=train_size)
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  # Progress bars (tqdm, with escape codes) only when INFO logs are wanted.
+  tfds.display_progress_bar(logging.level_info())
   builder.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(

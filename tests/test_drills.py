@@ -1,0 +1,373 @@
+"""Failure drills: the REAL launchers as subprocesses, hurt the way clusters and
+users hurt them (kill -9, SIGTERM, damaged checkpoints, a locked workdir, a full
+disk, bad flags), then re-run with the same command. A run that is resumed must
+end with codes byte-identical to one uninterrupted run of the same command.
+
+Each method's uninterrupted reference run is shared (module fixtures), and all
+runs share one compilation cache that the reference run fills, so a drill costs
+about a start-up plus a few steps. 2 simulated CPU devices.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+           XLA_FLAGS="--xla_force_host_platform_device_count=2")
+ENV.pop("NHJ_TRACEBACK", None)
+TINY = ["--config.dataset=synthetic:tiny", "--config.batch_size=32", "--config.bits=16",
+        "--config.epochs=2", "--config.progress=false", "--config.checkpoint_every=3",
+        "--config.log_every=1"]
+METHOD_ARGS = {
+    # 8 steps an epoch; checkpoints at 3, 6, 8 (epoch end), 9, 12, 15, 16.
+    "scbch": ["--config.image_hidden=32,32", "--config.text_hidden=(32,)",
+              "--config.cscc_start_epoch=1", "--config.k=5"],
+    "dcgmh": ["--config.hidden=32", "--config.fused=32", "--config.warmup_epochs=1"],
+}
+TOTAL_STEPS = 16
+TMP_GLOB = "*.orbax-checkpoint-tmp*"
+
+
+# ------------------------------------------------------------------ helpers
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  """One compilation cache for the module: the reference runs fill it."""
+  return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+def command(method, workdir, cache, *extra):
+  return [sys.executable, "-m", f"launch.{method}", *TINY, *METHOD_ARGS[method],
+          f"--compilation_cache_dir={cache}", *extra, f"--workdir={workdir}"]
+
+
+def start(cmd):
+  return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=300):
+  out, err = proc.communicate(timeout=timeout)
+  return proc.returncode, out, err
+
+
+def run(cmd, timeout=300):
+  return finish(start(cmd), timeout)
+
+
+def run_ok(cmd):
+  rc, out, err = run(cmd)
+  assert rc == 0, f"{' '.join(cmd)}\n{out}\n{err}"
+  return out, err
+
+
+def codes_bytes(workdir, method):
+  with open(os.path.join(workdir, f"{method}_codes.npz"), "rb") as f:
+    return f.read()
+
+
+def assert_same_codes(workdir, reference, method):
+  if codes_bytes(workdir, method) == codes_bytes(reference, method):
+    return
+  with np.load(os.path.join(workdir, f"{method}_codes.npz")) as a, \
+       np.load(os.path.join(reference, f"{method}_codes.npz")) as b:
+    for key in b.files:  # a readable failure, if the arrays differ
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  raise AssertionError("codes equal as arrays but the .npz files differ")
+
+
+def max_step(workdir):
+  """The highest global step in metrics.jsonl (log_every=1: every step)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  step = 0
+  try:
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          step = max(step, json.loads(line)["step"])
+        except (ValueError, KeyError):
+          pass  # a line being written
+  except FileNotFoundError:
+    pass
+  return step
+
+
+def wait_for(predicate, proc, what, timeout=120):
+  deadline = time.time() + timeout
+  while not predicate():
+    if proc.poll() is not None:
+      out, err = proc.communicate()
+      raise AssertionError(f"exited ({proc.returncode}) before {what}\n{out}\n{err}")
+    if time.time() > deadline:
+      proc.kill()
+      raise AssertionError(f"timed out waiting for {what}")
+    time.sleep(0.002)
+
+
+def tmp_checkpoints(workdir):
+  return glob.glob(os.path.join(workdir, "checkpoints", TMP_GLOB))
+
+
+def steps_on_disk(workdir):
+  return sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints"))
+                if p.isdigit())
+
+
+def kill_at_step(cmd, workdir, step):
+  """Runs cmd and SIGKILLs it once metrics.jsonl shows `step` (or later)."""
+  floor = max_step(workdir)  # records of an earlier, interrupted run
+  target = max(step, floor + 1)
+  proc = start(cmd)
+  wait_for(lambda: max_step(workdir) >= target, proc, f"step {target}")
+  proc.send_signal(signal.SIGKILL)
+  finish(proc)
+  assert proc.returncode == -signal.SIGKILL
+
+
+def saving(workdir, min_step):
+  """Whether Orbax's temporary directory of a step >= min_step exists."""
+  return any(int(os.path.basename(p).split(".")[0]) >= min_step
+             for p in tmp_checkpoints(workdir))
+
+
+def kill_during_save(cmd, workdir, min_step=0):
+  """Runs cmd and SIGKILLs it while the asynchronous save of a checkpoint
+  (step >= min_step) is in flight. Returns whether its temporary directory was
+  still there (the kill landed before the save finished)."""
+  for stale in tmp_checkpoints(workdir):
+    shutil.rmtree(stale)
+  proc = start(cmd)
+  wait_for(lambda: saving(workdir, min_step), proc, f"a checkpoint save >= {min_step}")
+  proc.send_signal(signal.SIGKILL)
+  finish(proc)
+  assert proc.returncode == -signal.SIGKILL
+  return bool(tmp_checkpoints(workdir))
+
+
+def copy_run(reference, dest):
+  shutil.copytree(reference, dest)
+  return str(dest)
+
+
+def _reference(method, tmp_path_factory, cache):
+  workdir = str(tmp_path_factory.mktemp(f"reference_{method}"))
+  run_ok(command(method, workdir, cache))
+  assert steps_on_disk(workdir)[-1] == TOTAL_STEPS
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def scbch_reference(tmp_path_factory, cache_dir):
+  return _reference("scbch", tmp_path_factory, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def dcgmh_reference(tmp_path_factory, cache_dir):
+  return _reference("dcgmh", tmp_path_factory, cache_dir)
+
+
+# -------------------------------------------------------------------- drills
+
+# DCGMH: only the kill during a save of its robust (second) epoch; its launches
+# are the slower ones.
+@pytest.mark.parametrize("method,points,save_from", [("scbch", 2, 0), ("dcgmh", 0, 9)])
+def test_kill_9_at_seeded_points_then_rerun_gives_identical_codes(
+    method, points, save_from, tmp_path, cache_dir, request):
+  """kill -9 at seeded steps (np.random.default_rng(0)) and then once with a
+  checkpoint save in flight, each followed by the same command; the last run
+  finishes the job."""
+  reference = request.getfixturevalue(f"{method}_reference")
+  workdir = str(tmp_path / "run")
+  cmd = command(method, workdir, cache_dir)
+  steps = sorted(np.random.default_rng(0).choice(np.arange(1, TOTAL_STEPS - 4), points,
+                                                  replace=False))
+  for i, step in enumerate(steps):
+    # + 3 i: later than where the previous kill landed (a step or two after).
+    kill_at_step(cmd, workdir, int(step) + 3 * i)
+  mid_save = kill_during_save(cmd, workdir, save_from)
+  assert mid_save, "the kill landed after the save it was aimed at had finished"
+  out, err = run_ok(cmd)
+  assert "resuming" in out
+  assert "Traceback" not in err, err
+  assert not tmp_checkpoints(workdir)  # the partial save was cleaned up
+  assert_same_codes(workdir, reference, method)
+
+
+def test_sigterm_checkpoints_the_step_exits_0_and_resumes_identically(
+    tmp_path, cache_dir, scbch_reference):
+  workdir = str(tmp_path / "run")
+  cmd = command("scbch", workdir, cache_dir)
+  proc = start(cmd)
+  wait_for(lambda: max_step(workdir) >= 4, proc, "step 4")
+  proc.send_signal(signal.SIGTERM)
+  rc, out, err = finish(proc)
+  assert rc == 0, err
+  lines = [l for l in err.splitlines() if "preempted at step" in l]
+  assert len(lines) == 1, err
+  step = int(lines[0].split("preempted at step ")[1].split(";")[0])
+  assert lines[0] == (f"preempted at step {step}; checkpoint saved; "
+                      "re-run the same command to resume")
+  assert 4 <= step < TOTAL_STEPS
+  assert steps_on_disk(workdir)[-1] == step
+  assert "Traceback" not in err, err
+  out, _ = run_ok(cmd)
+  assert f"at global step {step}" in out
+  assert_same_codes(workdir, scbch_reference, "scbch")
+
+
+def test_damaged_latest_checkpoints_fall_back_with_one_line_each(
+    tmp_path, cache_dir, scbch_reference):
+  """Checkpoint 16: a state file truncated; 15: its meta deleted. The re-run
+  names both, resumes from 12 and ends with the reference's codes."""
+  workdir = copy_run(scbch_reference, tmp_path / "run")
+  ckpts = os.path.join(workdir, "checkpoints")
+  assert steps_on_disk(workdir) == [12, 15, 16]
+  files = sorted((os.path.getsize(p), p) for p in glob.glob(
+      os.path.join(ckpts, "16", "state", "**", "*"), recursive=True)
+      if os.path.isfile(p) and "d" + os.sep in p)
+  size, victim = files[-1]  # the largest array data file
+  with open(victim, "r+b") as f:
+    f.truncate(size // 2)
+  shutil.rmtree(os.path.join(ckpts, "15", "meta"))
+  os.remove(os.path.join(workdir, "scbch_codes.npz"))
+  out, err = run_ok(command("scbch", workdir, cache_dir))
+  warnings = [l for l in out.splitlines() if "unreadable" in l]
+  assert warnings == [
+      "checkpoint 16 unreadable (state truncated or corrupt); falling back to 15",
+      "checkpoint 15 unreadable (meta missing); falling back to 12"], out
+  assert "at global step 12" in out
+  assert "Traceback" not in err, err
+  assert_same_codes(workdir, scbch_reference, "scbch")
+
+
+def test_a_second_launcher_on_a_locked_workdir_is_refused(
+    tmp_path, cache_dir, scbch_reference):
+  """The first run (resuming from 12) is paused while it holds the lock, so
+  the second surely finds it held; then the first finishes normally."""
+  workdir = copy_run(scbch_reference, tmp_path / "run")
+  for step in (15, 16):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+  cmd = command("scbch", workdir, cache_dir)
+  first = start(cmd)
+  lock = os.path.join(workdir, ".lock")
+
+  def holds_lock():
+    try:
+      with open(lock, encoding="utf-8") as f:
+        return json.loads(f.read() or "{}").get("pid") == first.pid
+    except (OSError, ValueError):
+      return False
+
+  wait_for(holds_lock, first, "the first run's lock")
+  first.send_signal(signal.SIGSTOP)
+  try:
+    rc, out, err = run(cmd)
+  finally:
+    first.send_signal(signal.SIGCONT)
+  assert rc == 2, err
+  assert err.strip().splitlines() == [err.strip()], err
+  assert err.startswith(f"error: workdir {workdir} is in use by pid {first.pid} on host ")
+  assert "Traceback" not in err, err
+  rc, out, err = finish(first)
+  assert rc == 0, err
+  assert_same_codes(workdir, scbch_reference, "scbch")
+
+
+def _mount_tmpfs(path, size):
+  os.makedirs(path, exist_ok=True)
+  try:
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                           str(path)], capture_output=True, timeout=30)
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+  return proc.returncode == 0
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_resumable(
+    tmp_path, cache_dir, scbch_reference):
+  """A tmpfs with room for the first checkpoints only: exit 2, one line naming
+  the checkpoint and the last complete one, which is intact; copied to a
+  bigger disk, the same command finishes with the reference's codes."""
+  small = tmp_path / "small"
+  per_checkpoint = max(sum(os.path.getsize(os.path.join(d, f))
+                           for d, _, fs in os.walk(os.path.join(scbch_reference,
+                                                                "checkpoints", s))
+                           for f in fs) for s in ("12", "15", "16"))
+  if not _mount_tmpfs(small, 2 * per_checkpoint + 64 * 1024):
+    pytest.skip("cannot mount a tmpfs here (needs root, or a privileged container)")
+  try:
+    workdir = str(small / "run")
+    rc, out, err = run(command("scbch", workdir, cache_dir))
+    assert rc == 2, f"{out}\n{err}"
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: no space left on device writing checkpoint "), err
+    failed = int(lines[0].split("writing checkpoint ")[1].split()[0])
+    last = int(lines[0].rsplit("last complete checkpoint is ", 1)[1])
+    assert last in steps_on_disk(workdir) and failed not in steps_on_disk(workdir)
+    # (A partial save may leave its temporary directory: the next run drops it.)
+    bigger = shutil.copytree(workdir, tmp_path / "bigger")
+  finally:
+    subprocess.run(["umount", "-l", str(small)], capture_output=True, timeout=30)
+  out, err = run_ok(command("scbch", bigger, cache_dir))
+  assert f"at global step {last}" in out
+  assert not tmp_checkpoints(bigger)
+  assert_same_codes(bigger, scbch_reference, "scbch")
+
+
+def _truncated_h5(directory):
+  import h5py  # pylint: disable=g-import-not-at-top
+  os.makedirs(directory)
+  path = os.path.join(directory, "MIRFlickr.h5")
+  with h5py.File(path, "w") as f:
+    for name in ("I_tr", "I_te", "I_db"):
+      f.create_dataset(name, data=np.zeros((64, 16), np.float32))
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+  return path
+
+
+def test_bad_flags_and_files_are_one_error_line_exit_2(
+    tmp_path, cache_dir, scbch_reference):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("not a directory\n")
+  h5 = _truncated_h5(str(tmp_path / "mir"))
+  base = lambda w, *extra: command("scbch", w, cache_dir, *extra)
+  cases = {
+      "workdir is a file": (base(a_file), f"is a file, not a directory"),
+      "epochs=0": (base(tmp_path / "e0", "--config.epochs=0"),
+                   "error: --config.epochs=0: must be an integer >= 1"),
+      "batch_size=0": (base(tmp_path / "b0", "--config.batch_size=0"),
+                       "error: --config.batch_size=0"),
+      "truncated h5": (base(tmp_path / "h5", "--config.dataset=mirflickr25k",
+                            f"--config.data_dir={tmp_path / 'mir'}",
+                            "--config.layout=scbch_h5"), "MIRFlickr.h5"),
+      "eval_only, no run": (base(tmp_path / "empty", "--eval_only"),
+                            "no checkpoint in "),
+      "eval_step not kept": (base(scbch_reference, "--eval_only", "--eval_step=999"),
+                             "no checkpoint for step 999 in "),
+  }
+  procs = {name: start(cmd) for name, (cmd, _) in cases.items()}  # all at once
+  errors = {}
+  for name, proc in procs.items():
+    rc, out, err = finish(proc)
+    errors[name] = err
+    needle = cases[name][1]
+    assert rc == 2, f"{name}: {rc}\n{out}\n{err}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{name}:\n{err}"
+    assert needle in lines[0], f"{name}: {lines[0]}"
+    assert "Traceback" not in err, err
+  assert "kept steps: [12, 15, 16]" in errors["eval_step not kept"]
+  assert "truncated or corrupt" in errors["truncated h5"]
+  assert not os.path.exists(tmp_path / "e0" / "checkpoints")
