@@ -9,7 +9,8 @@ other under one budget.
   nhj-sweep --sweep=studies/demo_variants.py --root=runs/study_demo
   nhj-report runs/study_demo --out=studies/demo_variants_report
 
-`--sweep=studies/demo_variants.py:quick` runs one seed at 16 bits only.
+`--sweep=studies/demo_variants.py:quick` runs one seed at 16 bits only;
+`:scbch` or `:dcgmh` (also `quick,scbch`) runs one method's half.
 """
 
 from configs import dcgmh, scbch
@@ -27,9 +28,16 @@ DCGMH = dict(epochs=10, warmup_epochs=3, batch_size=96, hidden=256, fused=256,
 
 
 def get_sweep(arg=None):
-  bits_list, seeds = (BITS[:1], SEEDS[:1]) if arg == "quick" else (BITS, SEEDS)
+  options = set((arg or "").split(",")) - {""}
+  unknown = options - {"quick", "scbch", "dcgmh"}
+  if unknown:
+    raise ValueError(f"unknown sweep options {sorted(unknown)}: quick, scbch, dcgmh")
+  bits_list, seeds = (BITS[:1], SEEDS[:1]) if "quick" in options else (BITS, SEEDS)
+  methods = [m for m in ("scbch", "dcgmh") if m in options] or ["scbch", "dcgmh"]
   for module, variants, overrides in ((scbch, SCBCH_VARIANTS, SCBCH),
                                       (dcgmh, DCGMH_VARIANTS, DCGMH)):
+    if module.__name__.split(".")[-1] not in methods:
+      continue
     for variant in variants:
       for rate in NOISE_RATES:
         for bits in bits_list:
