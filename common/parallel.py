@@ -217,15 +217,23 @@ class DataParallel:
            phase: Hashable = None) -> tuple[PyTree, PyTree]:
     """One training step; returns (new driver state, replicated metrics).
 
-    `context` is host data every device sees (default: epoch 0, step 0).
+    `context` is host data every device sees (default: epoch 0, step 0), or
+    int32 arrays already placed with `put_state` (used as they are: no host
+    round-trip, e.g. under jax.transfer_guard("disallow")).
     """
-    context = jax.tree.map(lambda v: np.asarray(v, np.int32),
-                           dict(context or {"epoch": 0, "step_in_epoch": 0}))
+    context = dict(context or {"epoch": 0, "step_in_epoch": 0})
+    placed = bool(context) and all(isinstance(v, jax.Array)
+                                   for v in jax.tree.leaves(context))
+    if not placed:
+      context = jax.tree.map(lambda v: np.asarray(v, np.int32), context)
     if self.mode == "pmap":
       n = len(self.local_devices)
-      context = jax.tree.map(lambda v: np.broadcast_to(v, (n,) + v.shape), context)
+      if not placed:
+        context = jax.tree.map(lambda v: np.broadcast_to(v, (n,) + v.shape), context)
       dstate, metrics = self._pmapped(dstate, dbatch, dextras, context, phase)
-      return dstate, jax.tree.map(lambda m: m[0], metrics)
+      # A static slice (m[0] would transfer the index from the host).
+      return dstate, jax.tree.map(lambda m: lax.index_in_dim(m, 0, keepdims=False),
+                                  metrics)
     fn = self._compiled.get(phase)
     if fn is None:
       body = functools.partial(self._traced_body, phase=phase)
@@ -234,7 +242,7 @@ class DataParallel:
                               out_specs=(P(), P()))
       fn = jax.jit(sharded, donate_argnums=(0,) if self.donate else ())
       self._compiled[phase] = fn
-    if jax.process_count() > 1:
+    if jax.process_count() > 1 and not placed:
       context = jax.tree.map(lambda v: put_replicated(v, self._replicated), context)
     return fn(dstate, dbatch, dextras, context)
 

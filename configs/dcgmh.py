@@ -40,7 +40,14 @@ def get_config(arg: str | None = None):
   # (estimated from the consistency scores), or None: the injected noise rate
   # when it is known, else "auto".
   c.noise_ratio = config_dict.placeholder(object)
+  # With tau estimated: the largest tau used (the augmented pass's static
+  # buffer holds floor(noise_ratio_max * B) rows).
+  c.noise_ratio_max = 0.5
   c.estimate_momentum = 0.99      # EMA over steps of the per-batch estimate
+  # L_unsup's augmented pass: False (the release's semantics) augments and
+  # encodes only the unlabeled items, BN statistics from them; True augments
+  # and encodes the whole batch (the project's earlier behaviour).
+  c.augment_whole_batch = False
   c.refresh_clean = False         # bank clean flags may recover (release: never)
   c.lr = 0.005                    # SGD
   c.momentum = 0.9

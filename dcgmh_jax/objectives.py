@@ -65,7 +65,7 @@ def warmup_objective(h_all, centers, labels_all, config, variant: Variant
 
 
 def robust_objective(h_all, h_aug_all, centers, labels_all, noisy, reconstructed,
-                     new_labels, config, variant: Variant
+                     new_labels, config, variant: Variant, *, unsup_rows=None
                      ) -> tuple[jax.Array, Mapping[str, jax.Array]]:
   """L = L_center(B ∖ F, ỹ) + α·L_q + γ·L_sep + β·L_unsup(U) + η·L_pair(R, ŷ).
 
@@ -73,6 +73,9 @@ def robust_objective(h_all, h_aug_all, centers, labels_all, noisy, reconstructed
     h_all, h_aug_all: (B, K) codes of the batch and of its augmented copy
       (h_aug_all is unused, and may be None, when the variant has no L_unsup).
     noisy: (B,) F; reconstructed: (B,) R ⊆ F; new_labels: (B, C) ŷ on R.
+    unsup_rows: optional (h_aug, h, mask) over a buffer of rows holding U
+      (the augmented pass on U only; train.py): L_unsup is computed on them
+      instead of on (h_aug_all, h_all, U).
   """
   unlabeled = noisy & ~reconstructed
   parts = {
@@ -83,7 +86,8 @@ def robust_objective(h_all, h_aug_all, centers, labels_all, noisy, reconstructed
   total = parts["center"] + _base(h_all, centers, config, variant)
   total = total + config.eta * parts["pair"]
   if variant.unsup:
+    h_aug, h, mask = unsup_rows or (h_aug_all, h_all, unlabeled)
     parts["unsup"] = losses.unsupervised_contrastive_loss(
-        h_aug_all, h_all, unlabeled, margin=config.margin)
+        h_aug, h, mask, margin=config.margin)
     total = total + config.beta * parts["unsup"]
   return total, parts

@@ -12,6 +12,40 @@ so D devices equal one device on the same global batch. BatchNorm statistics
 are synchronised over the same axis. Warm-up and robust phase are the two
 compilations of a run. Hyperparameters come from a run config
 (configs/dcgmh.py).
+
+The augmented pass of L_unsup (the release's semantics, default): only the
+unlabeled items U are augmented and encoded, in a STATIC buffer of
+⌊τ·B⌋ rows (τ known when tracing; with τ estimated, ⌊noise_ratio_max·B⌋
+rows and the flagging ratio capped at noise_ratio_max). The buffer holds the
+rows of U first (stable argsort of the global U mask, so in batch order),
+padded to a multiple of D and split evenly over the devices; padding rows
+are masked out of the augmentation's contrast mean, the BatchNorm statistics
+(masked, summed over devices: statistics of U exactly) and L_unsup.
+config.augment_whole_batch=True keeps the previous behaviour: the whole
+batch is augmented and encoded (BN statistics and contrast mean over the
+batch), L_unsup still on U.
+
+Numerics: the network computes in config.compute_dtype (float32 | bfloat16),
+parameters and optimiser state are config.param_dtype; codes are cast to
+float32 before the losses, the filter, the bank and every decision.
+
+config.release_compat=True reproduces the DCGMH release's quirks, each
+labelled in the run's settings (self.resolved["release_compat"]):
+  (a) BatchNorm in INFERENCE mode (running statistics, no update) in every
+      training step of epochs >= RELEASE_FIRST_EVAL_EPOCH (= 5, 0-based): the
+      release evaluates after its (1-based) epochs 5, 10, ... and at the end,
+      its evaluate() calls .eval() and training never calls .train() again.
+      The flag is data (context["epoch"]), not a recompile.
+  (b) the augmented pass on U only, BN statistics from U (the default above;
+      augment_whole_batch=True is refused).
+  (c) label reconstruction compares the neighbours' CLEAN labels (the
+      release's clean-label ids: it LEAKS THE GROUND TRUTH) and does not
+      exclude the item's own bank row; the label given is the top
+      neighbour's observed one. Needs the clean training labels.
+  (d) the partial last batch is the loop's (common.train_loop.RELEASE_LOOPS).
+Not reproduced: the release's extra, unused augmented pass over the whole
+batch (it only moves BN running statistics before epoch 5) and PyTorch's
+unbiased running variance.
 """
 
 from __future__ import annotations
@@ -29,13 +63,23 @@ import optax
 from common import parallel
 from common.codes import to_codes
 from common.data import pipeline
-from common.run_config import check, check_choice, check_positive
+from common.run_config import ConfigError, check, check_choice, check_positive
 from dcgmh_jax import augment
 from dcgmh_jax import objectives
 from dcgmh_jax import noise_filter as nf
 from dcgmh_jax.model import DcgmhNet
 
 PyTree = Any
+DTYPES = ("float32", "bfloat16")
+# release_compat (a): the release's first evaluation follows its 1-based epoch
+# 5 (`(epoch + 1) % 5 == 0`), after which it trains with BN in eval mode.
+RELEASE_FIRST_EVAL_EPOCH = 5
+RELEASE_COMPAT_NOTE = (
+    "DCGMH release quirks: (a) BatchNorm in inference mode from epoch "
+    f"{RELEASE_FIRST_EVAL_EPOCH} (0-based, after the release's first evaluation); "
+    "(b) augmented pass on the unlabeled items only, BN statistics from them; "
+    "(c) reconstruction compares the neighbours' CLEAN labels and keeps the "
+    "item's own bank row: leaks ground truth")
 DIAGNOSTIC_KEYS = ("items", "corrupted", "flagged", "true_positives", "reconstructed",
                    "reconstructed_correct", "unlabeled")
 
@@ -59,6 +103,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
       and 0.0 <= ratio < 1.0), "noise_ratio", ratio,
         "expected a number in [0, 1), 'auto', or None (the injected noise rate)")
+  check_dtypes(config)
+  max_ratio = config.get("noise_ratio_max", 0.5)
+  check(isinstance(max_ratio, (int, float)) and not isinstance(max_ratio, bool)
+        and 0.0 < max_ratio <= 1.0, "noise_ratio_max", max_ratio,
+        "must be in (0, 1]: the largest estimated tau (static buffer size)")
+  for key in ("augment_whole_batch", "release_compat"):
+    check(isinstance(config.get(key, False), bool), key, config.get(key), "must be a bool")
+  check(not (config.get("release_compat", False)
+             and config.get("augment_whole_batch", False)), "augment_whole_batch",
+        True, "release_compat=True augments the unlabeled items only (quirk b); "
+        "set augment_whole_batch=False")
+
+
+def check_dtypes(config: ml_collections.ConfigDict) -> None:
+  """config.compute_dtype / config.param_dtype: float32 or bfloat16."""
+  for key in ("compute_dtype", "param_dtype"):
+    check(config.get(key, "float32") in DTYPES, key, config.get(key),
+          f"expected one of {DTYPES}")
 
 
 def resolve_noise_ratio(config: ml_collections.ConfigDict, data) -> float | None:
@@ -139,7 +201,8 @@ class DcgmhMethod:
 
   def __init__(self, config: ml_collections.ConfigDict, *, image_dim: int,
                text_dim: int, train_labels: np.ndarray,
-               noise_ratio: float | None, true_noise_ratio: float | None = None):
+               noise_ratio: float | None, true_noise_ratio: float | None = None,
+               train_truth_labels: np.ndarray | None = None):
     """
     Args:
       config: the run config (configs/dcgmh.py keys).
@@ -149,12 +212,29 @@ class DcgmhMethod:
       noise_ratio: τ, or None to estimate it (see resolve_noise_ratio).
       true_noise_ratio: the injected noise ratio when known (logged beside
         the estimate; never used for training).
+      train_truth_labels: the CLEAN training labels (N, C); used only by
+        release_compat (quirk c), which refuses to run without them.
     """
     self.config = ml_collections.FrozenConfigDict(config)
     self.variant = objectives.VARIANTS[config.variant]
     num_classes = int(np.shape(train_labels)[1])
+    self.compat = bool(config.get("release_compat", False))
+    self.whole_batch = bool(config.get("augment_whole_batch", False))
+    self.noise_ratio_max = float(config.get("noise_ratio_max", 0.5))
+    self.compute_dtype = jnp.dtype(config.get("compute_dtype", "float32"))
+    self.param_dtype = jnp.dtype(config.get("param_dtype", "float32"))
+    self.train_truth = None
+    if self.compat:
+      if train_truth_labels is None:
+        raise ConfigError(
+            "config.release_compat=True: the DCGMH release's label reconstruction "
+            "compares the neighbours' CLEAN labels (it leaks the ground truth); "
+            "this run's clean training labels are unknown, so it cannot be "
+            "reproduced. Set release_compat=False.")
+      self.train_truth = jnp.asarray(train_truth_labels, jnp.float32)
     model = functools.partial(DcgmhNet, bits=config.bits, num_classes=num_classes,
-                              hidden=config.hidden, fused=config.fused)
+                              hidden=config.hidden, fused=config.fused,
+                              dtype=self.compute_dtype, param_dtype=self.param_dtype)
     self.model = model(axis_name=parallel.AXIS)
     self.eval_model = model()
     self.tx = make_optimizer(config)
@@ -166,6 +246,8 @@ class DcgmhMethod:
     # Values the run resolved from config and data (recorded with the config).
     self.resolved = {"noise_ratio": "auto" if noise_ratio is None else noise_ratio,
                      "fused": config.fused or 128 * config.bits}
+    if self.compat:
+      self.resolved["release_compat"] = RELEASE_COMPAT_NOTE
     self._encode = jax.jit(functools.partial(self.eval_model.apply, train=False))
     self._init = jax.jit(self._init_state)
 
@@ -207,12 +289,16 @@ class DcgmhMethod:
     row_ids = parallel.row_offset(local) + jnp.arange(local)
     labels_all = parallel.gather_rows(batch["labels"])
     index_all = parallel.gather_rows(batch["index"])
+    # release_compat (a): BN in inference mode after the release's first
+    # evaluation, as a traced flag (one program for every epoch).
+    bn_train = (context["epoch"] < RELEASE_FIRST_EVAL_EPOCH) if self.compat else True
 
     def share(params):
       h, mutated = self.model.apply(
           {"params": params, "batch_stats": state.batch_stats},
-          batch["image"], batch["text"], train=True, mutable=["batch_stats"])
-      centers = params["centers"]
+          batch["image"], batch["text"], train=bn_train, mutable=["batch_stats"])
+      h = h.astype(jnp.float32)
+      centers = params["centers"].astype(jnp.float32)
       h_all = parallel.gather_rows(h)
       sim = jax.lax.stop_gradient(
           nf.center_similarity(jax.lax.stop_gradient(h_all), centers))
@@ -225,6 +311,9 @@ class DcgmhMethod:
 
       ratio = (state.noise_ratio_estimate if self.noise_ratio is None
                else jnp.asarray(self.noise_ratio, jnp.float32))
+      if self.noise_ratio is None and not self.whole_batch and variant.unsup:
+        # The buffer holds ⌊noise_ratio_max·B⌋ rows: the flagged count may not exceed it.
+        ratio = jnp.minimum(ratio, jnp.float32(self.noise_ratio_max))
       noisy = nf.flag_noisy(scores, ratio)
       # The filter's inputs are equal on every device; typed as replicated
       # (B rows, bit-exact), the N-row bank update below is replicated too and
@@ -233,14 +322,23 @@ class DcgmhMethod:
       bank_sim, bank_clean = nf.update_bank(
           state.bank_sim, state.bank_clean, index_r, sim_r, noisy_r,
           refresh_clean=cfg.refresh_clean)
-      if variant.reconstruction:
+      if variant.reconstruction and self.compat:
+        new_labels, reconstructed = reconstruct_labels_release(
+            sim_r, bank_sim, bank_clean, state.bank_labels, self.train_truth,
+            k=cfg.k, noisy=noisy_r, labels=labels_all)
+      elif variant.reconstruction:
         new_labels, reconstructed = nf.reconstruct_labels(
             sim_r, bank_sim, bank_clean, state.bank_labels, k=cfg.k, noisy=noisy_r,
             self_indices=index_r, labels=labels_all)
       else:
         new_labels, reconstructed = labels_all, jnp.zeros_like(noisy_r)
-      h_aug_all = None
-      if variant.unsup:
+      h_aug_all = unsup_rows = None
+      if variant.unsup and not self.whole_batch:
+        unlabeled = noisy & ~reconstructed
+        unsup_rows, mutated = self._augmented_buffer(
+            params, mutated["batch_stats"], batch, unlabeled, h_all,
+            (image_key, text_key), bn_train)
+      elif variant.unsup:
         image_aug = augment.augment_image(batch["image"], image_key, row_ids=row_ids,
                                           axis_name=parallel.AXIS)
         text_aug = augment.augment_text(batch["text"], text_key, row_ids=row_ids,
@@ -248,10 +346,10 @@ class DcgmhMethod:
         h_aug, mutated = self.model.apply(
             {"params": params, "batch_stats": mutated["batch_stats"]},
             image_aug, text_aug, train=True, mutable=["batch_stats"])
-        h_aug_all = parallel.gather_rows(h_aug)
+        h_aug_all = parallel.gather_rows(h_aug.astype(jnp.float32))
       total, parts = objectives.robust_objective(
           h_all, h_aug_all, centers, labels_all, noisy, reconstructed, new_labels,
-          cfg, variant)
+          cfg, variant, unsup_rows=unsup_rows)
       aux.update(batch_stats=mutated["batch_stats"], parts=parts, noisy=noisy_r,
                  reconstructed=reconstructed, new_labels=new_labels, ratio=ratio,
                  bank=(bank_sim, bank_clean))
@@ -297,6 +395,45 @@ class DcgmhMethod:
                      unlabeled=counts["unlabeled"].astype(jnp.float32))
       new_state = new_state.replace(bank_sim=bank[0], bank_clean=bank[1])
     return new_state.replace(diagnostics=diagnostics), metrics
+
+  def buffer_rows(self, batch: int) -> int:
+    """Static rows of the augmented buffer for a global batch of `batch` items:
+    ⌊τ·B⌋ (τ known) or ⌊noise_ratio_max·B⌋ (τ estimated)."""
+    ratio = self.noise_ratio_max if self.noise_ratio is None else self.noise_ratio
+    with jax.ensure_compile_time_eval():
+      return int(nf.noisy_count(ratio, batch))
+
+  def _augmented_buffer(self, params, batch_stats, batch, unlabeled, h_all, keys,
+                        bn_train):
+    """The augmented pass on U only (see the module docstring).
+
+    Returns ((h_aug, h, valid) over the buffer's rows, every device the
+    same; mutated variables). Row randomness is keyed by the item's global
+    batch position, so a row's augmentation equals the whole-batch path's
+    except for the contrast mean (over U here).
+    """
+    batch_size = unlabeled.shape[0]
+    devices = batch_size // batch["image"].shape[0]
+    per_device = -(-self.buffer_rows(batch_size) // devices)
+    if per_device == 0:  # ⌊τ·B⌋ = 0: U is always empty, L_unsup = 0
+      empty = jnp.zeros((0, h_all.shape[1]), jnp.float32)
+      return (empty, empty, jnp.zeros((0,), bool)), {"batch_stats": batch_stats}
+    rows = per_device * devices
+    order = jnp.argsort(jnp.logical_not(unlabeled), stable=True)[:rows]
+    valid = jnp.arange(rows) < unlabeled.sum()
+    start = jax.lax.axis_index(parallel.AXIS) * per_device
+    mine = jax.lax.dynamic_slice(order, (start,), (per_device,))
+    mine_valid = jax.lax.dynamic_slice(valid, (start,), (per_device,))
+    image = parallel.gather_rows(batch["image"])[mine]
+    text = parallel.gather_rows(batch["text"])[mine]
+    image_aug = augment.augment_image(image, keys[0], row_ids=mine,
+                                      axis_name=parallel.AXIS, mean_mask=mine_valid)
+    text_aug = augment.augment_text(text, keys[1], row_ids=mine)
+    h_aug, mutated = self.model.apply(
+        {"params": params, "batch_stats": batch_stats}, image_aug, text_aug,
+        train=bn_train, mask=mine_valid, mutable=["batch_stats"])
+    h_aug = parallel.gather_rows(h_aug.astype(jnp.float32))
+    return (h_aug, h_all[order], valid), mutated
 
   def phase(self, epoch: int) -> Hashable:
     if not self.variant.filter or epoch < self.config.warmup_epochs:
@@ -347,13 +484,38 @@ class DcgmhMethod:
     return {"fused": np.asarray(to_codes(h), np.int8)}
 
 
+def reconstruct_labels_release(sim, bank_sim, bank_clean, bank_labels, truth_labels,
+                               *, k, noisy, labels):
+  """release_compat (c): the release's reconstruction, ground-truth leak included.
+
+  For each noisy item: its k bank rows with the largest <s_i, bank_sim_n>
+  (own row NOT excluded; ties → lower index); reconstructed iff all k are
+  clean AND their CLEAN labels (truth_labels; the release's label ids) are
+  identical AND the top neighbour's observed label is non-empty; it gets
+  that observed label (the release's `train_labels[valid][0]`).
+
+  Returns:
+    (new_labels (B, C), reconstructed (B,) bool).
+  """
+  _, neighbours = jax.lax.top_k(sim @ bank_sim.T, k)
+  clean = truth_labels[neighbours]
+  all_clean = jnp.all(bank_clean[neighbours].astype(bool), axis=1)
+  agree = jnp.all(clean == clean[:, :1, :], axis=(1, 2))
+  first = bank_labels[neighbours[:, 0]]
+  reconstructed = noisy & all_clean & agree & jnp.any(first != 0, axis=1)
+  return (jnp.where(reconstructed[:, None], first, labels.astype(first.dtype)),
+          reconstructed)
+
+
 def build(config: ml_collections.ConfigDict, data) -> DcgmhMethod:
   """The method for a run's config and data (common.experiment calls this)."""
   true_ratio = float(np.mean(data.corrupted)) if data.truth_known else None
+  truth = (data.splits.train.labels if config.get("release_compat", False)
+           and data.truth_known else None)
   return DcgmhMethod(config, image_dim=data.splits.image_dim,
                      text_dim=data.splits.text_dim, train_labels=data.train_labels,
                      noise_ratio=resolve_noise_ratio(config, data),
-                     true_noise_ratio=true_ratio)
+                     true_noise_ratio=true_ratio, train_truth_labels=truth)
 
 
 def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any]
@@ -361,8 +523,11 @@ def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any]
   """The method of a finished run, from its config.json (for encoding only; the
   bank's labels are placeholders of the right shape, restored from the checkpoint)."""
   ratio = resolved.get("noise_ratio")
+  shape = (resolved["train_items"], resolved["num_classes"])
+  placeholder = np.zeros(shape, np.float32) if config.get("release_compat") else None
   return DcgmhMethod(config, image_dim=resolved["image_dim"],
                      text_dim=resolved["text_dim"],
                      train_labels=np.zeros((resolved["train_items"],
                                             resolved["num_classes"]), np.float32),
-                     noise_ratio=None if ratio in (None, "auto") else float(ratio))
+                     noise_ratio=None if ratio in (None, "auto") else float(ratio),
+                     train_truth_labels=placeholder)

@@ -47,6 +47,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "cscc_start_epoch", config.cscc_start_epoch, "must be an integer >= 0")
   check_widths(config, "image_hidden")
   check_widths(config, "text_hidden")
+  for key in ("compute_dtype", "param_dtype"):
+    check(config.get(key, "float32") in ("float32", "bfloat16"), key,
+          config.get(key), "expected one of ('float32', 'bfloat16')")
 
 
 @flax.struct.dataclass
@@ -88,7 +91,11 @@ class ScbchMethod:
     self.config = ml_collections.FrozenConfigDict(config)
     self.model = ScbchNet(bits=config.bits, num_classes=num_classes,
                           image_hidden=tuple(config.image_hidden),
-                          text_hidden=tuple(config.text_hidden))
+                          text_hidden=tuple(config.text_hidden),
+                          # The towers compute in compute_dtype; the model returns
+                          # u, v and the logits in float32 (losses, CSCC, codes).
+                          dtype=jnp.dtype(config.get("compute_dtype", "float32")),
+                          param_dtype=jnp.dtype(config.get("param_dtype", "float32")))
     self.tx = make_optimizer(config)
     self.image_dim, self.text_dim = image_dim, text_dim
     variant = objectives.VARIANTS[config.variant]

@@ -96,3 +96,109 @@ def test_learning_rate_steps_down_with_the_epoch_the_loop_passes_in():
   np.testing.assert_allclose(deltas[1], deltas[0], rtol=1e-6)
   # atol: params ~N(0,1) in float32 round the tiny deltas at ~6e-8.
   np.testing.assert_allclose(deltas[2], 0.1 * deltas[0], rtol=1e-4, atol=2e-7)
+
+
+# --- the augmented pass on U only (a static buffer of ⌊τ·B⌋ rows) -------------
+
+def _buffer_program(method, devices, keys):
+  """(L_unsup, grads, batch_stats) of the main pass + the buffer pass, D devices."""
+  from jax.sharding import PartitionSpec as P
+  from dcgmh_jax import losses
+  mesh = parallel.make_mesh(jax.devices()[:devices])
+
+  def body(params, batch_stats, image, text, unlabeled):
+    def share(p):
+      h, mutated = method.model.apply({"params": p, "batch_stats": batch_stats},
+                                      image, text, train=True, mutable=["batch_stats"])
+      h_all = parallel.gather_rows(h)
+      (h_aug, h_buf, valid), mutated = method._augmented_buffer(
+          p, mutated["batch_stats"], {"image": image, "text": text}, unlabeled,
+          h_all, keys, True)
+      loss = losses.unsupervised_contrastive_loss(h_aug, h_buf, valid, margin=0.7)
+      return parallel.local_share(loss), mutated["batch_stats"]
+    loss, stats, grads = parallel.global_value_and_grad(share, params, has_aux=True)
+    return loss, grads, parallel.as_replicated(stats)
+
+  return jax.jit(jax.shard_map(
+      body, mesh=mesh, in_specs=(P(), P(), P(parallel.AXIS), P(parallel.AXIS), P()),
+      out_specs=P()))
+
+
+def _dense_reference(method, variables, image, text, unlabeled, keys):
+  """The same model on ONLY the U rows (BN statistics from them), one device."""
+  import jax.numpy as jnp
+  from dcgmh_jax import augment, losses
+  u = np.flatnonzero(unlabeled)
+  image_aug = augment.augment_image(jnp.asarray(image[u]), keys[0], row_ids=u)
+  text_aug = augment.augment_text(jnp.asarray(text[u]), keys[1], row_ids=u)
+
+  def loss_fn(p):
+    h, m = method.eval_model.apply({"params": p, "batch_stats": variables["batch_stats"]},
+                                   image, text, train=True, mutable=["batch_stats"])
+    if len(u) == 0:
+      return jnp.zeros(()), m["batch_stats"]
+    h_aug, m = method.eval_model.apply({"params": p, "batch_stats": m["batch_stats"]},
+                                       image_aug, text_aug, train=True,
+                                       mutable=["batch_stats"])
+    return losses.unsupervised_contrastive_loss(
+        h_aug, h[u], np.ones(len(u), bool), margin=0.7), m["batch_stats"]
+
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+  return loss, grads, stats
+
+
+@pytest.mark.parametrize("members", [5, 1, 0])
+def test_buffer_pass_equals_dense_reference_on_the_unlabeled_rows(members):
+  """Values, gradients and BN running statistics of the buffer pass equal the
+  dense reference (model on U only), with 1 and 8 devices; |U| = 0 and 1 stay
+  finite (the release crashes there)."""
+  method = _method(noise_ratio=0.4)  # buffer of ⌊0.4·16⌋ = 6 rows
+  assert method.buffer_rows(B) == 6
+  state = method.init_state()
+  batch = next(_batches(method, 1))
+  rng = np.random.default_rng(3)
+  unlabeled = np.zeros(B, bool)
+  unlabeled[rng.permutation(B)[:members]] = True
+  keys = tuple(jax.random.split(jax.random.key(7)))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  want = _dense_reference(method, variables, batch["image"], batch["text"], unlabeled,
+                          keys)
+  for devices in (1, 8):
+    got = _buffer_program(method, devices, keys)(
+        state.params, state.batch_stats, batch["image"], batch["text"], unlabeled)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert np.all(np.isfinite(g))
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5, err_msg=f"{devices} devices")
+
+
+def test_whole_batch_path_still_runs_and_differs_only_in_the_augmented_pass():
+  method = _method(augment_whole_batch=True)
+  ref, ref_hist = _run(method, "shard_map", 1, phases=("warmup", "robust"))
+  got, hist = _run(method, "shard_map", 8, phases=("warmup", "robust"))
+  for h, r in zip(hist, ref_hist):
+    for k in r:
+      np.testing.assert_allclose(h[k], r[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  buffered, buf_hist = _run(_method(), "shard_map", 1, phases=("warmup", "robust"))
+  assert buf_hist[0]["loss"] == ref_hist[0]["loss"]  # warm-up: no augmented pass
+  assert buf_hist[1]["unsup"] != ref_hist[1]["unsup"]
+
+
+@pytest.mark.parametrize("mode", parallel.PARALLEL_MODES)
+def test_no_host_round_trip_inside_a_step(mode):
+  """Placed inputs: a few steps of both phases run under transfer_guard('disallow')."""
+  import jax.numpy as jnp
+  method = _method(noise_ratio=None)
+  dp = parallel.DataParallel(method.step_body, mode=mode,
+                             mesh=parallel.make_mesh(jax.devices()[:8]), max_phases=2)
+  state = dp.put_state(method.init_state())
+  phases = ("warmup", "robust", "robust")
+  placed = []
+  for step, batch in enumerate(_batches(method, len(phases))):
+    context = dp.put_state({"epoch": jnp.int32(0), "step_in_epoch": jnp.int32(step)})
+    placed.append((dp.put_rows(batch), dp.put_rows({}), context))
+  for phase, (batch, extras, context) in zip(phases, placed):  # compiles both phases
+    state, _ = dp.step(state, batch, extras, context, phase)
+  with jax.transfer_guard("disallow"):  # run time only: tracing makes constants
+    for phase, (batch, extras, context) in zip(phases, placed):
+      state, metrics = dp.step(state, batch, extras, context, phase)
+  assert np.isfinite(jax.device_get(metrics["loss"]))

@@ -111,3 +111,32 @@ def test_bad_inputs_raise():
     net.apply(params, image, text[:3])
   with pytest.raises(ValueError, match="`image`"):
     net.apply(params, image[0], method=model.ScbchNet.encode_image)
+
+
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_scbch_step_has_no_host_round_trip(mode):
+  """Placed inputs: SCBCH's DataParallel steps run under transfer_guard('disallow')."""
+  import jax.numpy as jnp
+  from common import parallel
+  from configs import scbch as scbch_configs
+  from scbch_jax.train import ScbchMethod
+  config = scbch_configs.get_config("synthetic:tiny")
+  config.update(dict(bits=8, image_hidden=(16, 16), text_hidden=(16,), k=3))
+  method = ScbchMethod(config, image_dim=12, text_dim=10, num_classes=5)
+  dp = parallel.DataParallel(method.step_body, mode=mode,
+                             mesh=parallel.make_mesh(jax.devices()[:8]), max_phases=1)
+  rng = np.random.default_rng(0)
+  placed = []
+  for step in range(3):
+    batch = {"image": rng.normal(size=(16, 12)).astype(np.float32),
+             "text": rng.normal(size=(16, 10)).astype(np.float32),
+             "labels": (rng.random((16, 5)) < 0.3).astype(np.float32),
+             "index": np.arange(16, dtype=np.int32)}
+    placed.append((dp.put_rows(batch), dp.put_rows({"weight": np.ones(16, np.float32)}),
+                   dp.put_state({"epoch": jnp.int32(0), "step_in_epoch": jnp.int32(step)})))
+  state = dp.put_state(method.init_state())
+  state, _ = dp.step(state, *placed[0])  # compiles (tracing makes constants)
+  with jax.transfer_guard("disallow"):
+    for batch, extras, context in placed:
+      state, metrics = dp.step(state, batch, extras, context)
+  assert np.isfinite(jax.device_get(metrics["loss"]))
