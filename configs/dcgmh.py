@@ -43,6 +43,13 @@ def get_config(arg: str | None = None):
   # With tau estimated: the largest tau used (the augmented pass's static
   # buffer holds floor(noise_ratio_max * B) rows).
   c.noise_ratio_max = 0.5
+  # How tau is estimated when noise_ratio is "auto" (or unknown): "margin" (once
+  # per robust epoch over all training items: the fraction whose observed labels
+  # fall short of the model's best label set by more than noise_ratio_margin;
+  # dcgmh_jax.noise_filter.margin_noise_ratio) or "batch_ema" (a Gaussian
+  # mixture per batch, EMA over steps with estimate_momentum).
+  c.noise_ratio_estimator = "margin"
+  c.noise_ratio_margin = 0.1
   c.estimate_momentum = 0.99      # EMA over steps of the per-batch estimate
   # L_unsup's augmented pass: False (the release's semantics) augments and
   # encodes only the unlabeled items, BN statistics from them; True augments

@@ -84,6 +84,9 @@ DIAGNOSTIC_KEYS = ("items", "corrupted", "flagged", "true_positives", "reconstru
                    "reconstructed_correct", "unlabeled")
 
 
+NOISE_RATIO_ESTIMATORS = ("margin", "batch_ema")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """DCGMH's keys, before any compute (errors name config.<key>)."""
   check_choice(config, "variant", objectives.VARIANTS)
@@ -95,6 +98,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for key in ("alpha", "beta", "gamma", "eta", "margin", "weight_decay"):
     check(isinstance(config[key], (int, float)) and config[key] >= 0, key,
           config[key], "must be >= 0")
+  check_choice(config, "noise_ratio_estimator", NOISE_RATIO_ESTIMATORS)
+  check(isinstance(config.noise_ratio_margin, (int, float))
+        and 0 <= config.noise_ratio_margin <= 2, "noise_ratio_margin",
+        config.noise_ratio_margin, "must be in [0, 2] (a difference of cosines)")
   for key in ("momentum", "estimate_momentum", "lr_decay_factor"):
     check(isinstance(config[key], (int, float)) and 0 <= config[key] <= 1, key,
           config[key], "must be in [0, 1]")
@@ -243,6 +250,9 @@ class DcgmhMethod:
     self.train_labels = np.asarray(train_labels, np.float32)
     self.noise_ratio = noise_ratio
     self.true_noise_ratio = true_noise_ratio
+    # τ unknown and estimated per epoch from all items' label margins.
+    self.epoch_estimate = (noise_ratio is None
+                           and config.noise_ratio_estimator == "margin")
     # Values the run resolved from config and data (recorded with the config).
     self.resolved = {"noise_ratio": "auto" if noise_ratio is None else noise_ratio,
                      "fused": config.fused or 128 * config.bits}
@@ -280,7 +290,6 @@ class DcgmhMethod:
                 extras: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
                 *, phase: Hashable):
     """Per-device step (runs under pmap or shard_map; see common.parallel)."""
-    del extras
     cfg, variant = self.config, self.variant
     robust = phase == "robust"
     key = jax.random.fold_in(state.rng, state.step)
@@ -309,8 +318,12 @@ class DcgmhMethod:
                                                           cfg, variant)
         return parallel.local_share(total), aux
 
-      ratio = (state.noise_ratio_estimate if self.noise_ratio is None
-               else jnp.asarray(self.noise_ratio, jnp.float32))
+      if self.noise_ratio is not None:
+        ratio = jnp.asarray(self.noise_ratio, jnp.float32)
+      elif self.epoch_estimate:  # this epoch's estimate, one value on every row
+        ratio = jax.lax.pmax(jnp.max(extras["noise_ratio"]), parallel.AXIS)
+      else:
+        ratio = state.noise_ratio_estimate
       if self.noise_ratio is None and not self.whole_batch and variant.unsup:
         # The buffer holds ⌊noise_ratio_max·B⌋ rows: the flagged count may not exceed it.
         ratio = jnp.minimum(ratio, jnp.float32(self.noise_ratio_max))
@@ -364,11 +377,14 @@ class DcgmhMethod:
     # Computed identically on every device from gathered inputs; as_replicated
     # makes that visible to shard_map (bit-exact, and small arrays only).
     aux = parallel.as_replicated(aux)
-    estimate = nf.estimate_noise_ratio(aux["scores"])
-    new_estimate = jnp.where(
-        state.step == 0, estimate,
-        cfg.estimate_momentum * state.noise_ratio_estimate
-        + (1 - cfg.estimate_momentum) * estimate)
+    if self.epoch_estimate:  # set once per robust epoch (epoch_extras)
+      new_estimate = aux["ratio"] if robust else state.noise_ratio_estimate
+    else:
+      estimate = nf.estimate_noise_ratio(aux["scores"])
+      new_estimate = jnp.where(
+          state.step == 0, estimate,
+          cfg.estimate_momentum * state.noise_ratio_estimate
+          + (1 - cfg.estimate_momentum) * estimate)
     # The loop passes the position in: counts restart at each epoch's first step.
     diagnostics = jax.tree.map(lambda d: jnp.where(context["step_in_epoch"] == 0, 0, d),
                                state.diagnostics)
@@ -444,7 +460,20 @@ class DcgmhMethod:
 
   def epoch_extras(self, state: DcgmhState, epoch: int,
                    train: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {}
+    """With τ estimated per epoch: τ̂ from every training item's label margin
+    under the current model (noise_filter.margin_noise_ratio), as a per-item
+    column of equal values (the loop indexes extras by batch rows)."""
+    if not self.epoch_estimate or self.phase(epoch) != "robust":
+      return {}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    h = pipeline.map_batches(lambda b: self._encode(variables, b["image"], b["text"]),
+                             {"image": train["image"], "text": train["text"]},
+                             self.config.eval_batch_size)
+    sim = nf.center_similarity(jnp.asarray(h, jnp.float32),
+                               jnp.asarray(state.params["centers"], jnp.float32))
+    ratio = nf.margin_noise_ratio(sim, jnp.asarray(train["labels"]),
+                                  threshold=self.config.noise_ratio_margin)
+    return {"noise_ratio": np.full(len(train["labels"]), float(ratio), np.float32)}
 
   def epoch_summary(self, state: DcgmhState, epoch: int,
                     extras: Mapping[str, np.ndarray],

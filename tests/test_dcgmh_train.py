@@ -77,7 +77,7 @@ def test_robust_phase_flags_exactly_floor_tau_b_and_updates_the_bank():
 
 
 def test_auto_noise_ratio_runs_and_estimate_is_a_fraction():
-  method = _method(noise_ratio=None)
+  method = _method(noise_ratio=None, noise_ratio_estimator="batch_ema")
   _, hist = _run(method, "shard_map", 8)
   for h in hist:
     assert 0.0 <= h["noise_ratio_estimate"] <= 0.95
@@ -187,7 +187,7 @@ def test_whole_batch_path_still_runs_and_differs_only_in_the_augmented_pass():
 def test_no_host_round_trip_inside_a_step(mode):
   """Placed inputs: a few steps of both phases run under transfer_guard('disallow')."""
   import jax.numpy as jnp
-  method = _method(noise_ratio=None)
+  method = _method(noise_ratio=None, noise_ratio_estimator="batch_ema")
   dp = parallel.DataParallel(method.step_body, mode=mode,
                              mesh=parallel.make_mesh(jax.devices()[:8]), max_phases=2)
   state = dp.put_state(method.init_state())

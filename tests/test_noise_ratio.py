@@ -46,3 +46,34 @@ def test_one_item_and_bad_threshold():
   assert float(nf.margin_noise_ratio(sim, jnp.asarray([[0.0, 1.0]]))) == 0.0
   with pytest.raises(ValueError, match="threshold"):
     nf.margin_noise_ratio(sim, jnp.asarray([[0.0, 1.0]]), threshold=-1.0)
+
+
+def test_dcgmh_uses_the_epoch_margin_estimate_when_tau_is_unknown():
+  import test_dcgmh_train as t
+  from common import parallel
+  import jax
+  method = t._method(noise_ratio=None)          # warmup_epochs=1: epoch 1 is robust
+  assert method.epoch_estimate
+  rng = np.random.default_rng(3)
+  train = {"image": rng.normal(size=(t.N, t.D_IMG)).astype(np.float32),
+           "text": rng.poisson(1.0, size=(t.N, t.D_TXT)).astype(np.float32),
+           "labels": method.train_labels}
+  state = method.init_state()
+  assert method.epoch_extras(state, 0, train) == {}  # warm-up: nothing to estimate
+  extras = method.epoch_extras(state, 1, train)
+  h = np.asarray(method._encode({"params": state.params,
+                                 "batch_stats": state.batch_stats},
+                                train["image"], train["text"]), np.float64)
+  c = np.asarray(state.params["centers"], np.float64)
+  sim = (h / np.linalg.norm(h, axis=1, keepdims=True)) @ (
+      c / np.linalg.norm(c, axis=1, keepdims=True)).T
+  want = np.mean(ref_margins(sim, train["labels"]) < -method.config.noise_ratio_margin)
+  np.testing.assert_allclose(extras["noise_ratio"], want, atol=1.5 / t.N)
+  dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:2]),
+                             max_phases=2)
+  batch = next(t._batches(method, 1))
+  rows = {"noise_ratio": extras["noise_ratio"][batch["index"]]}
+  _, metrics = dp.step(dp.put_state(state), dp.put_rows(batch), dp.put_rows(rows),
+                       {"epoch": 1, "step_in_epoch": 0}, "robust")
+  used = min(float(extras["noise_ratio"][0]), method.noise_ratio_max)
+  assert float(metrics["noise_ratio_used"]) == pytest.approx(used)
