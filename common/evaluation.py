@@ -174,9 +174,11 @@ def write_results(results: Mapping, out_dir: str, *, prefix: str
   with open(paths["json"], "w", encoding="utf-8") as f:
     json.dump(to_jsonable(results), f, indent=2, allow_nan=False)
   curves = {name: results[name] for name in names}
-  plots.plot_pr_by_radius(curves, paths["pr_radius"])
-  plots.plot_topn_pr(curves, paths["topn_pr"])
-  plots.plot_precision_at_n(curves, paths["precision_at_n"])
+  # A run that reproduces a release's quirks says so in every plot title.
+  note = "[release_compat]" if results.get(_SETTINGS, {}).get("release_compat") else ""
+  plots.plot_pr_by_radius(curves, paths["pr_radius"], note=note)
+  plots.plot_topn_pr(curves, paths["topn_pr"], note=note)
+  plots.plot_precision_at_n(curves, paths["precision_at_n"], note=note)
   return paths
 
 

@@ -34,7 +34,8 @@ from common import workdir as workdir_lib
 from common.evaluator import RetrievalEvaluator
 from common.reporting import read_jsonl
 from common.run_config import ConfigError, check
-from common.train_loop import check_loop_config, restore_for_eval, train, with_settings
+from common.train_loop import (check_loop_config, loop_plan, restore_for_eval, train,
+                               with_settings)
 
 # method name -> module with check_config(config) and build(config, data).
 METHODS = {"scbch": "scbch_jax.train", "dcgmh": "dcgmh_jax.train"}
@@ -117,7 +118,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = Fa
 def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step):
   module = method_module(config.method)
   data = run_data.load_run_data(config)
-  method = module.build(config, data)
+  method = _LatestCodes(module.build(config, data))
   record = _record(config, data, method)
   config_path = os.path.join(workdir, run_config.CONFIG_FILE)
   if os.path.exists(config_path):
@@ -137,31 +138,67 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
     results, _ = evaluator.evaluate(method, state, "test")
     results = with_settings(results, selection=f"checkpoint {step} (eval_only)",
                             selected_step=step)
-    tag, first_step = f"step{step}", None
+    tag, first_step, timing = f"step{step}", None, None
   else:
     if _primary():  # only now: every check has passed
       workdir_lib.atomic_write_json(config_path, record)
     result = train(method, data.train_arrays(), config, workdir, evaluator=evaluator,
                    record=record, on_step=on_step, log=log)
     state, results, tag = result.state, result.results, "final"
-    first_step = result.first_step_seconds
+    first_step, timing = result.first_step_seconds, result.timing
+  resolved = dict(getattr(method, "resolved", {}))
+  # release_compat: the loop's quirks and the method's own (method.resolved).
+  compat = "; ".join(str(note) for note in (
+      loop_plan(config, method.name).release_compat,
+      resolved.pop("release_compat", None)) if note)
   results = with_settings(results, method=method.name, dataset=splits.name,
                           bits=config.bits, noise=data.noise_summary,
-                          empty_queries=method.empty_queries,
-                          **getattr(method, "resolved", {}))
+                          empty_queries=method.empty_queries, **resolved,
+                          **({"release_compat": compat} if compat else {}))
+  export_start = time.perf_counter()
   codes = evaluator.export(method, state)
+  timing = dict(timing or {}, export=time.perf_counter() - export_start)
   if _primary():
+    finish_start = time.perf_counter()
     _finish(results, codes=codes, workdir=workdir, method=method, tag=tag,
             dataset_name=splits.name, log=log)
+    timing["results_and_plots"] = time.perf_counter() - finish_start
     if not eval_only:
       workdir_lib.atomic_write_json(os.path.join(workdir, "run_summary.json"), {
           "method": method.name, "dataset": splits.name,
           "selection": results["settings"]["selection"],
           "selected_step": results["settings"]["selected_step"],
           "seconds": time.time() - started, "first_step_seconds": first_step,
+          "timing": timing,
+          **({"release_compat": compat} if compat else {}),
           "maps": {k: v["map"] for k, v in results.items()
                    if isinstance(v, Mapping) and "map" in v}})
   return results
+
+
+class _LatestCodes:
+  """The method, with `encode` remembered for the newest state it was given.
+
+  The final evaluation and the codes export encode the same state and arrays:
+  the second call returns the first's codes instead of encoding again. Keys
+  are object identities, held alive here so that they cannot be reused.
+  """
+
+  def __init__(self, method):
+    self._method = method
+    self._state = None
+    self._codes: dict = {}
+
+  def __getattr__(self, name):
+    return getattr(self._method, name)
+
+  def encode(self, state, image, text, **kwargs):
+    if state is not self._state:
+      self._state, self._codes = state, {}
+    key = (id(image), id(text), tuple(sorted(kwargs.items())))
+    if key not in self._codes:
+      self._codes[key] = (image, text, self._method.encode(state, image, text, **kwargs))
+    return self._codes[key][2]
 
 
 def runner(method: str) -> Callable[..., dict]:
@@ -191,19 +228,24 @@ def _finish(results: Mapping[str, Any], *, codes: Mapping[str, np.ndarray],
   workdir_lib.atomic_savez(codes_path, **codes)
   paths = evaluation.write_results(results, workdir, prefix=f"{method.name}_{tag}")
   if tag == "final":
-    plotted = plot_diagnostics(workdir, method.name, getattr(method, "diagnostics", {}))
+    plotted = plot_diagnostics(workdir, method.name, getattr(method, "diagnostics", {}),
+                               note="[release_compat]" if results["settings"].get(
+                                   "release_compat") else "")
     if plotted:
       paths = dict(paths, diagnostics=plotted)
   selection = results["settings"].get("selection", "last")
+  compat = results["settings"].get("release_compat")
   log(f"\n{method.name.upper()} {tag} results on {dataset_name} "
-      f"({SELECTION_NOTES.get(selection, selection)}):")
+      f"({SELECTION_NOTES.get(selection, selection)}"
+      + (f"; RELEASE_COMPAT: {compat}" if compat else "") + "):")
   if dataset_name.startswith("synthetic"):
     log("  (synthetic data: a demo of the pipeline, not a benchmark result)")
   log(evaluation.format_table(results))
   log("written: " + ", ".join(sorted([str(p) for p in paths.values()] + [codes_path])))
 
 
-def plot_diagnostics(workdir: str, name: str, series: Mapping[str, str]) -> str | None:
+def plot_diagnostics(workdir: str, name: str, series: Mapping[str, str], *,
+                     note: str = "") -> str | None:
   """<name>_diagnostics.png: per-epoch values of `series` ({label: dotted key}
   into the "epoch" records of metrics.jsonl; the last record of an epoch wins).
   None if no epoch has any of them."""
@@ -226,4 +268,5 @@ def plot_diagnostics(workdir: str, name: str, series: Mapping[str, str]) -> str 
   if not lines:
     return None
   out = os.path.join(workdir, f"{name}_diagnostics.png")
-  return plots.plot_epoch_series(lines, out, title=f"{name.upper()} diagnostics")
+  title = f"{name.upper()} diagnostics" + (f"\n{note}" if note else "")
+  return plots.plot_epoch_series(lines, out, title=title)

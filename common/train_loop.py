@@ -12,10 +12,18 @@ Exact resume: a checkpoint stores the state, the epoch's per-item extras and
 the position (epoch, step in epoch). Batches are a pure function of
 (seed, epoch, step) and the step's randomness a pure function of the global
 step, so a resumed run replays exactly what the uninterrupted run would do.
+
+config.release_compat=True runs the releases' loops instead (RELEASE_LOOPS,
+`loop_plan`): the epoch's partial last batch is trained (its own static shape:
+one more compilation per phase; N mod B must divide over the devices), SCBCH
+evaluates at the start of every epoch and selects on the test queries, DCGMH
+evaluates every 5 epochs and at the end. Every output says so
+(results["settings"]["release_compat"]). Off (the default), nothing changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -36,6 +44,56 @@ from common.run_config import check, check_choice
 
 PyTree = Any
 SELECTION_MODES = ("last", "val", "test_queries")
+
+# config.release_compat: the releases' own loops, reproduced on purpose and
+# labelled in every output (results["settings"]["release_compat"]). Both keep
+# the epoch's partial last batch (PyTorch's DataLoader default, drop_last=False).
+RELEASE_LOOPS = {
+    # The SCBCH release evaluates at the START of each epoch (the model after
+    # e-1 epochs; the final model is never evaluated) and reports the best
+    # epoch on the test queries. Its evaluator sorts with torch's unstable
+    # sort; the closest `ties` choice of common.evaluation is "index".
+    "scbch": dict(eval_at_epoch_start=True, selection="test_queries", eval_every=1,
+                  note="evaluation at the START of each epoch (the model after e-1 "
+                       "epochs; the final model is not evaluated), best epoch on the "
+                       "TEST queries, partial last batch trained"),
+    # The DCGMH release evaluates every 5 epochs and at the end.
+    "dcgmh": dict(eval_every=5,
+                  note="evaluation every 5 epochs and at the end, partial last "
+                       "batch trained"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopPlan:
+  """The loop's schedule as run: the config's, or the release's (release_compat)."""
+  selection: str
+  eval_every: int
+  eval_at_epoch_start: bool = False
+  keep_partial: bool = False
+  release_compat: str | None = None   # the label of the active quirks; None: off
+
+
+def loop_plan(config: ml_collections.ConfigDict, method_name: str) -> LoopPlan:
+  """The schedule of a run; release_compat replaces parts of it (see RELEASE_LOOPS).
+
+  Raises:
+    ConfigError: release_compat with SCBCH and config.selection='val' (the
+      release selects on the test queries).
+  """
+  if not config.get("release_compat", False):
+    return LoopPlan(selection=config.selection, eval_every=config.eval_every)
+  release = RELEASE_LOOPS.get(method_name)
+  if release is None:
+    return LoopPlan(selection=config.selection, eval_every=config.eval_every,
+                    keep_partial=True, release_compat="partial last batch trained")
+  selection = release.get("selection", config.selection)
+  check(config.selection in ("last", selection), "selection", config.selection,
+        f"release_compat=True reproduces the {method_name.upper()} release, which "
+        f"selects with {selection!r}; use 'last' or {selection!r}")
+  return LoopPlan(selection=selection, eval_every=release["eval_every"],
+                  eval_at_epoch_start=release.get("eval_at_epoch_start", False),
+                  keep_partial=True, release_compat=release["note"])
 
 
 class Method(Protocol):
@@ -82,6 +140,10 @@ def check_loop_config(config: ml_collections.ConfigDict) -> None:
   devices = jax.device_count()
   check(config.batch_size % devices == 0, "batch_size", config.batch_size,
         f"not divisible by the {devices} devices of this run")
+  check(isinstance(config.get("release_compat", False), bool), "release_compat",
+        config.get("release_compat"), "must be True or False")
+  if "method" in config:
+    loop_plan(config, config.method)
 
 
 @dataclasses.dataclass
@@ -91,16 +153,35 @@ class LoopResult:
   selected_step: int
   selection: str
   first_step_seconds: float | None = None
+  # Wall seconds by loop phase (train, compile, epoch_extras, epoch_summary,
+  # evaluation, checkpoint, final).
+  timing: dict | None = None
 
 
 def _mean_metrics(pending: list[Mapping[str, jax.Array]]) -> dict[str, float]:
-  fetched = parallel.fetch(pending)
+  fetched = jax.device_get(pending)  # one batched transfer for all the steps
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def _checkpointer(config, workdir: str) -> Checkpointer:
+def _checkpointer(config, workdir: str, selection: str | None = None) -> Checkpointer:
+  selection = config.selection if selection is None else selection
   return Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep,
-                      track_best=config.selection != "last")
+                      track_best=selection != "last")
+
+
+class _Timer:
+  """Wall seconds by phase: `with timer("evaluation"): ...`."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+
+  @contextlib.contextmanager
+  def __call__(self, key: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
 
 
 def train(method: Method, train_arrays: Mapping[str, np.ndarray],
@@ -129,11 +210,20 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
   num_items = len(next(iter(train_arrays.values())))
   check(config.batch_size <= num_items, "batch_size", config.batch_size,
         f"larger than the {num_items} training items")
-  steps_per_epoch = pipeline.steps_per_epoch(num_items, config.batch_size)
+  plan = loop_plan(config, method.name)
+  remainder = num_items % config.batch_size if plan.keep_partial else 0
+  check(remainder % jax.device_count() == 0, "batch_size", config.batch_size,
+        f"release_compat trains the partial last batch of {num_items} mod "
+        f"{config.batch_size} = {remainder} rows, which must divide over the "
+        f"{jax.device_count()} devices of this run")
+  steps_per_epoch = pipeline.steps_per_epoch(num_items, config.batch_size,
+                                             keep_partial=plan.keep_partial)
+  timer = _Timer()
 
-  ckpt = _checkpointer(config, workdir)
+  ckpt = _checkpointer(config, workdir, plan.selection)
+  # A partial last batch is its own static shape: one more compilation per phase.
   driver = parallel.DataParallel(method.step_body, mode=config.parallel,
-                                 max_phases=len(method.phases))
+                                 max_phases=len(method.phases) * (2 if remainder else 1))
   state = method.init_state()
   extras: dict[str, np.ndarray] | None = None
   start_epoch, start_step = 0, 0
@@ -155,13 +245,34 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
   del state
 
   saved = [resume_step]
+  last_eval = [None]  # (global step, split, results) of the newest evaluation
 
   def save(global_step: int, epoch: int, step_in_epoch: int, score=None) -> None:
     meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
             "steps_per_epoch": steps_per_epoch, "config": record}
-    ckpt.save(global_step, state=driver.get_state(dstate), extras=extras or {},
-              meta=meta, score=score)
+    with timer("checkpoint"):
+      ckpt.save(global_step, state=driver.get_state(dstate), extras=extras or {},
+                meta=meta, score=score)
     saved[0] = global_step
+
+  def evaluate(host_state, *, epoch: int, global_step: int) -> float:
+    """Scores host_state on the selection split and logs it (kind "eval").
+
+    `epoch`: the epoch just trained, or with eval_at_epoch_start the epoch
+    about to be trained (the record then says at="epoch_start").
+    """
+    split = "val" if plan.selection == "val" else "test"
+    with timer("evaluation"):
+      results, score = evaluator.evaluate(method, host_state, split)
+    last_eval[0] = (global_step, split, results)
+    at_start = {"at": "epoch_start"} if plan.eval_at_epoch_start else {}
+    writer.write("eval", global_step, {"epoch": epoch, **at_start, "split": split,
+                                       "score": score, **results})
+    when = f"before epoch {epoch + 1}" if at_start else f"epoch {epoch + 1}"
+    log(f"[{method.name}] {when}: {split} {short_results(results)}"
+        + ("  [selection on the TEST queries]" if plan.selection == "test_queries"
+           else "") + ("  [release_compat]" if plan.release_compat else ""))
+    return score
 
   def stop_if_preempted(global_step: int, epoch: int, step_in_epoch: int) -> None:
     """On SIGTERM/SIGINT (agreed by all processes): checkpoint here and stop."""
@@ -174,12 +285,18 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
   global_step = start_epoch * steps_per_epoch + start_step
   first_step_seconds = None
   started = time.time()
+  compiled_shapes: set = set()
   guard = preemption.PreemptionGuard()
   try:
     guard.__enter__()
+    if plan.eval_at_epoch_start and found is None:
+      # The release's evaluation before the first epoch (the initial model),
+      # checkpointed at step 0 so that it can be selected.
+      save(0, 0, 0, score=evaluate(driver.get_state(dstate), epoch=0, global_step=0))
     for epoch in range(start_epoch, config.epochs):
       if extras is None:
-        extras = method.epoch_extras(driver.get_state(dstate), epoch, train_arrays)
+        with timer("epoch_extras"):
+          extras = method.epoch_extras(driver.get_state(dstate), epoch, train_arrays)
       phase = method.phase(epoch)
       bar = ProgressBar(steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                         enabled=config.progress and is_primary)
@@ -189,13 +306,22 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
       batches = pipeline.train_batches(
           train_arrays, global_batch_size=config.batch_size, seed=config.seed,
           epoch=epoch, start_step=first_step, process_index=jax.process_index(),
-          process_count=jax.process_count())
+          process_count=jax.process_count(), keep_partial=plan.keep_partial)
       epoch_start = time.time()
+      train_start = time.perf_counter()
       for step_in_epoch, batch in enumerate(batches, start=first_step):
         batch_extras = {k: v[batch["index"]] for k, v in extras.items()}
         context = {"epoch": epoch, "step_in_epoch": step_in_epoch}
+        shape_key = (phase, len(batch["index"]))
+        compile_start = time.perf_counter()
         dstate, metrics = driver.step(dstate, driver.put_rows(batch),
                                       driver.put_rows(batch_extras), context, phase)
+        if shape_key not in compiled_shapes:
+          # Once per compiled program: its compilation plus one step.
+          compiled_shapes.add(shape_key)
+          jax.block_until_ready(metrics)
+          timer.seconds["compile"] = (timer.seconds.get("compile", 0.0)
+                                      + time.perf_counter() - compile_start)
         if first_step_seconds is None:
           jax.block_until_ready(metrics)  # once: time to the first finished step
           first_step_seconds = time.time() - started
@@ -223,8 +349,11 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
         writer.write("train", global_step, dict(means, epoch=epoch))
       bar.update(steps_per_epoch)
       bar.close()
+      timer.seconds["train"] = (timer.seconds.get("train", 0.0)
+                                + time.perf_counter() - train_start)
       host_state = driver.get_state(dstate)
-      summary, line = method.epoch_summary(host_state, epoch, extras, train_arrays)
+      with timer("epoch_summary"):
+        summary, line = method.epoch_summary(host_state, epoch, extras, train_arrays)
       summary["seconds"] = time.time() - epoch_start
       writer.write("epoch", global_step, dict(summary, epoch=epoch))
       if line:
@@ -232,16 +361,15 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
       extras = None
       score = None
       last_epoch = epoch + 1 == config.epochs
-      if (config.eval_every and (epoch + 1) % config.eval_every == 0) or last_epoch:
-        split = "val" if config.selection == "val" else "test"
-        results, score = evaluator.evaluate(method, host_state, split)
-        writer.write("eval", global_step, {"epoch": epoch, "split": split,
-                                           "score": score, **results})
-        log(f"[{method.name}] epoch {epoch + 1}: {split} {short_results(results)}"
-            + ("  [selection on the TEST queries]" if config.selection == "test_queries"
-               else ""))
+      if plan.eval_at_epoch_start:
+        # The release's evaluation at the start of the next epoch: this model.
+        # After the last epoch there is none (the release never evaluates it).
+        if not last_epoch:
+          score = evaluate(host_state, epoch=epoch + 1, global_step=global_step)
+      elif (plan.eval_every and (epoch + 1) % plan.eval_every == 0) or last_epoch:
+        score = evaluate(host_state, epoch=epoch, global_step=global_step)
       save(global_step, epoch + 1, 0,
-           score=score if config.selection != "last" else None)
+           score=score if plan.selection != "last" else None)
       stop_if_preempted(global_step, epoch + 1, 0)
   except BaseException:
     writer.close()
@@ -252,18 +380,27 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
 
   selected = global_step
   final_state = driver.get_state(dstate)
-  if config.selection != "last":
-    best = ckpt.best_step()
-    if best is not None and best != global_step:
-      final_state, _, _ = ckpt.restore(best, state_template=final_state)
-      selected = best
-  results, _ = evaluator.evaluate(method, final_state, "test")
-  results = with_settings(results, selection=config.selection, selected_step=selected)
+  with timer("final"):
+    if plan.selection != "last":
+      best = ckpt.best_step()
+      if best is not None and best != global_step:
+        final_state, _, _ = ckpt.restore(best, state_template=final_state)
+        selected = best
+    if last_eval[0] is not None and last_eval[0][:2] == (selected, "test"):
+      results = last_eval[0][2]  # this very model was just scored on "test"
+    else:
+      results, _ = evaluator.evaluate(method, final_state, "test")
+  settings = dict(selection=plan.selection, selected_step=selected)
+  if plan.release_compat:
+    settings["release_compat"] = plan.release_compat
+  results = with_settings(results, **settings)
   writer.write("final", selected, results)
   writer.close()
-  ckpt.close()
+  with timer("checkpoint"):
+    ckpt.close()
   return LoopResult(state=final_state, results=results, selected_step=selected,
-                    selection=config.selection, first_step_seconds=first_step_seconds)
+                    selection=plan.selection, first_step_seconds=first_step_seconds,
+                    timing=dict(timer.seconds))
 
 
 def restore_for_eval(method: Method, config: ml_collections.ConfigDict, workdir: str,
@@ -275,11 +412,12 @@ def restore_for_eval(method: Method, config: ml_collections.ConfigDict, workdir:
   selecting, else the latest. With `record`, a checkpoint written with another
   config is refused before anything is restored.
   """
-  ckpt = _checkpointer(config, workdir)
+  selection = loop_plan(config, method.name).selection
+  ckpt = _checkpointer(config, workdir, selection)
   try:
     steps = ckpt.all_steps()
     if step is None:
-      step = ckpt.best_step() if config.selection != "last" else None
+      step = ckpt.best_step() if selection != "last" else None
       step = ckpt.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "

@@ -78,6 +78,53 @@ def test_resume_equals_uninterrupted():
   assert not list(pipeline.train_batches(arrays, start_step=len(full), **kw))
 
 
+@pytest.mark.parametrize("n, b", [(10, 3), (9, 3), (7, 7), (1, 1)])
+def test_steps_per_epoch_keep_partial(n, b):
+  assert pipeline.steps_per_epoch(n, b, keep_partial=True) == -(-n // b)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_keep_partial_yields_the_remainder_last(processes):
+  # 50 = 4 x 12 + 2: the releases' DataLoader (drop_last=False) trains a last
+  # batch of 2 rows; every row is seen exactly once per epoch.
+  n, b = 50, 12
+  arrays = _arrays(n)
+  kw = dict(global_batch_size=b, seed=3, epoch=2, keep_partial=True,
+            process_count=processes)
+  parts = [list(pipeline.train_batches(arrays, process_index=p, **kw))
+           for p in range(processes)]
+  steps = len(parts[0])
+  assert steps == pipeline.steps_per_epoch(n, b, keep_partial=True) == 5
+  glued = [np.concatenate([parts[p][s]["index"] for p in range(processes)])
+           for s in range(steps)]
+  assert [len(g) for g in glued] == [12, 12, 12, 12, 2]
+  perm = pipeline.epoch_permutation(n, 3, 2)
+  np.testing.assert_array_equal(np.concatenate(glued), perm)
+  for batch in parts[0]:
+    np.testing.assert_array_equal(batch["row"], batch["index"])
+  # The full batches are those of the default (drop_last) epoch.
+  dropped = list(pipeline.train_batches(arrays, process_index=0, **dict(
+      kw, keep_partial=False)))
+  assert len(dropped) == 4
+  for a, c in zip(dropped, parts[0]):
+    np.testing.assert_array_equal(a["index"], c["index"])
+  # Resume inside the epoch and at the partial batch itself.
+  for start in (3, 4, 5):
+    resumed = list(pipeline.train_batches(arrays, start_step=start, **kw))
+    assert len(resumed) == steps - start
+    for a, c in zip(parts[0][start:], resumed):
+      np.testing.assert_array_equal(a["index"], c["index"])
+
+
+def test_keep_partial_needs_a_remainder_divisible_by_processes():
+  with pytest.raises(ValueError, match=r"partial last batch of 3 rows"):
+    next(pipeline.train_batches(_arrays(27), global_batch_size=8, seed=0, epoch=0,
+                                keep_partial=True, process_count=2))
+  # Without a remainder there is nothing to keep.
+  assert len(list(pipeline.train_batches(_arrays(24), global_batch_size=8, seed=0,
+                                         epoch=0, keep_partial=True))) == 3
+
+
 def test_orders_differ_by_epoch_and_match_by_seed():
   arrays = _arrays(40)
   run = lambda seed, epoch: np.concatenate([

@@ -1,8 +1,10 @@
 """Deterministic, resumable, multi-process input pipeline over in-memory arrays.
 
 An epoch is a permutation of the rows seeded by (seed, epoch); step s takes
-the global batch perm[s·B:(s+1)·B] (the last N mod B rows are dropped), and
-process p of P takes the contiguous slice [p·B/P, (p+1)·B/P) of it. Because
+the global batch perm[s·B:(s+1)·B] (the last N mod B rows are dropped, or,
+with keep_partial — the releases' PyTorch DataLoader default — yielded last as
+one smaller batch of N mod B rows), and process p of P takes the contiguous
+slice [p·b/P, (p+1)·b/P) of a batch of b rows. Because
 the permutation only depends on (seed, epoch), a run resumed at (epoch, step)
 sees exactly the batches an uninterrupted run sees, and every row appears
 exactly once per epoch across all processes.
@@ -22,8 +24,11 @@ def _check_int(name: str, value, minimum: int) -> int:
   return int(value)
 
 
-def steps_per_epoch(num_items: int, global_batch_size: int) -> int:
-  """⌊num_items / global_batch_size⌋ (the remainder is dropped).
+def steps_per_epoch(num_items: int, global_batch_size: int, *,
+                    keep_partial: bool = False) -> int:
+  """⌊num_items / global_batch_size⌋ (the remainder is dropped), or with
+  keep_partial ⌈num_items / global_batch_size⌉ (the remainder is a last,
+  smaller batch).
 
   Raises:
     ValueError: non-positive sizes, or num_items < global_batch_size.
@@ -34,7 +39,8 @@ def steps_per_epoch(num_items: int, global_batch_size: int) -> int:
     raise ValueError(
         f"num_items={num_items} is smaller than global_batch_size="
         f"{global_batch_size}: an epoch would have no full batch.")
-  return num_items // global_batch_size
+  return -(-num_items // global_batch_size) if keep_partial else (
+      num_items // global_batch_size)
 
 
 def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
@@ -67,8 +73,8 @@ def _num_rows(arrays: Mapping[str, np.ndarray], reserved: str) -> int:
 
 def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
                   seed: int, epoch: int, start_step: int = 0,
-                  process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                  process_index: int = 0, process_count: int = 1,
+                  keep_partial: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's part of each shuffled global batch of one epoch.
 
   Args:
@@ -77,13 +83,17 @@ def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
     seed: shuffling seed (>= 0).
     epoch: epoch number (>= 0); each epoch has its own order.
     start_step: first step to yield (resume); steps start_step..S-1 are
-      yielded, S = steps_per_epoch(N, B). start_step = S yields nothing.
+      yielded, S = steps_per_epoch(N, B, keep_partial=keep_partial).
+      start_step = S yields nothing.
     process_index: p in [0, P).
     process_count: P.
+    keep_partial: also yield the last N mod B rows as a final, smaller batch
+      (when N mod B > 0; it must be divisible by process_count).
 
   Yields:
     {name: array[rows], "index": rows as int32}, rows = the B/P row positions
-    of this process's slice, in permutation order. "index" addresses per-item
+    (the last batch with keep_partial: (N mod B)/P) of this process's slice, in
+    permutation order. "index" addresses per-item
     state (CSCC weights, the DCGMH memory bank).
 
   Raises:
@@ -99,7 +109,12 @@ def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size={global_batch_size} is not divisible "
                      f"by process_count={process_count}.")
-  steps = steps_per_epoch(n, global_batch_size)
+  steps = steps_per_epoch(n, global_batch_size, keep_partial=keep_partial)
+  remainder = n % global_batch_size if keep_partial else 0
+  if remainder % process_count:
+    raise ValueError(f"the partial last batch of {remainder} rows (N={n} mod "
+                     f"global_batch_size={global_batch_size}) is not divisible by "
+                     f"process_count={process_count}.")
   start_step = _check_int("start_step", start_step, 0)
   if start_step > steps:
     raise ValueError(f"start_step={start_step} exceeds the {steps} steps of an "
@@ -108,6 +123,8 @@ def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
   local = global_batch_size // process_count
   arrays = {k: np.asarray(v) for k, v in arrays.items()}  # once, not per step
   for step in range(start_step, steps):
+    if remainder and step == steps - 1:
+      local = remainder // process_count
     lo = step * global_batch_size + process_index * local
     rows = perm[lo:lo + local]
     batch = {k: v[rows] for k, v in arrays.items()}

@@ -1,0 +1,181 @@
+"""config.release_compat: the releases' loops, reproduced on purpose and labelled.
+
+Each quirk is checked against what the loop records (metrics.jsonl, the
+batches the pipeline yields, the selected step), with the default
+(release_compat=False) as the reference: evaluation AFTER epochs, the last
+partial batch dropped, the configured selection and eval schedule.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from common import experiment
+from common.data import pipeline
+from common.reporting import read_jsonl
+from common.run_config import ConfigError
+from configs import dcgmh as dcgmh_configs
+from configs import scbch as scbch_configs
+
+N = 256          # synthetic:tiny training items
+B = 48           # N mod B = 16 rows: divisible by the 8 test devices
+EPOCHS = 3
+FULL, PARTIAL = N // B, N % B   # 5 full batches + one of 16 rows
+
+
+def _scbch(**overrides):
+  config = scbch_configs.get_config("synthetic:tiny")
+  config.update(dict(batch_size=B, bits=16, epochs=EPOCHS, image_hidden=(32, 32),
+                     text_hidden=(32,), cscc_start_epoch=1, k=5, progress=False,
+                     eval_every=0, checkpoint_every=5, release_compat=True))
+  config.update(overrides)
+  return config
+
+
+def _dcgmh(**overrides):
+  config = dcgmh_configs.get_config("synthetic:tiny")
+  config.update(dict(batch_size=B, bits=16, epochs=6, hidden=32, fused=32,
+                     warmup_epochs=1, progress=False, eval_every=0,
+                     checkpoint_every=0, release_compat=True))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture
+def batch_sizes(monkeypatch):
+  """Rows of every batch the loop trains, per epoch: {epoch: [rows, ...]}."""
+  sizes = {}
+  original = pipeline.train_batches
+
+  def recording(arrays, **kwargs):
+    for batch in original(arrays, **kwargs):
+      sizes.setdefault(kwargs["epoch"], []).append(len(batch["index"]))
+      yield batch
+
+  monkeypatch.setattr(pipeline, "train_batches", recording)
+  return sizes
+
+
+def _records(workdir, kind):
+  return [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if r.get("kind") == kind]
+
+
+def _codes(workdir, name):
+  with np.load(os.path.join(workdir, f"{name}_codes.npz")) as f:
+    return {k: f[k] for k in f.files}
+
+
+def _maps(results):
+  return {k: v["map"] for k, v in results.items() if isinstance(v, dict) and "map" in v}
+
+
+def test_scbch_release_loop_evaluates_at_epoch_starts_selects_on_test_and_trains_the_partial_batch(
+    tmp_path, batch_sizes):
+  workdir = str(tmp_path / "run")
+  lines = []
+  results = experiment.run(_scbch(), workdir, log=lines.append)
+  steps = FULL + 1  # ceil(N / B)
+
+  # The partial last batch is trained, last, in every epoch.
+  assert batch_sizes == {e: [B] * FULL + [PARTIAL] for e in range(EPOCHS)}
+  assert [r["epoch"] for r in _records(workdir, "epoch")] == list(range(EPOCHS))
+  assert _records(workdir, "epoch")[-1]["step"] == EPOCHS * steps
+
+  # Evaluation at the START of epochs 0..E-1 (the model after e epochs, at
+  # global step e * steps); the final model is never evaluated in the loop.
+  evals = _records(workdir, "eval")
+  assert [r["epoch"] for r in evals] == list(range(EPOCHS))
+  assert [r["step"] for r in evals] == [e * steps for e in range(EPOCHS)]
+  assert all(r["at"] == "epoch_start" and r["split"] == "test" for r in evals)
+
+  # Selection: the best evaluation on the test queries (latest among equals),
+  # forced although config.selection is 'last'; its results are the final ones.
+  best = max(evals, key=lambda r: (r["score"], r["step"]))
+  settings = results["settings"]
+  assert settings["selection"] == "test_queries"
+  assert settings["selected_step"] == best["step"]
+  assert _maps(results) == pytest.approx(
+      {k: v["map"] for k, v in best.items() if isinstance(v, dict) and "map" in v})
+
+  # Labelled everywhere: settings, the results file, run_summary, the table line.
+  assert "START of each epoch" in settings["release_compat"]
+  assert "partial last batch" in settings["release_compat"]
+  with open(os.path.join(workdir, "scbch_final_results.json")) as f:
+    assert json.load(f)["settings"]["release_compat"] == settings["release_compat"]
+  with open(os.path.join(workdir, "run_summary.json")) as f:
+    summary = json.load(f)
+  assert summary["release_compat"] == settings["release_compat"]
+  assert summary["selected_step"] == best["step"]
+  assert any("RELEASE_COMPAT" in line and "TEST QUERIES" in line for line in lines)
+
+
+def test_scbch_release_loop_resumes_exactly_inside_the_partial_batch(tmp_path):
+  # Checkpoint at global step 5 (before epoch 0's partial batch); crash after it.
+  uninterrupted = str(tmp_path / "a")
+  experiment.run(_scbch(), uninterrupted, log=lambda _: None)
+
+  def crash(step):
+    if step == FULL + 1:
+      raise KeyboardInterrupt("simulated crash")
+
+  resumed = str(tmp_path / "b")
+  with pytest.raises(KeyboardInterrupt):
+    experiment.run(_scbch(), resumed, log=lambda _: None, on_step=crash)
+  experiment.run(_scbch(), resumed, log=lambda _: None)
+  a, b = _codes(uninterrupted, "scbch"), _codes(resumed, "scbch")
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  key = lambda r: (r["epoch"], r["step"], r["score"])
+  assert ([key(r) for r in _records(uninterrupted, "eval")]
+          == [key(r) for r in _records(resumed, "eval")])
+
+
+def test_default_loop_drops_the_partial_batch_and_evaluates_after_epochs(
+    tmp_path, batch_sizes):
+  workdir = str(tmp_path / "run")
+  results = experiment.run(_scbch(release_compat=False, eval_every=1), workdir,
+                           log=lambda _: None)
+  assert batch_sizes == {e: [B] * FULL for e in range(EPOCHS)}
+  evals = _records(workdir, "eval")
+  assert [r["epoch"] for r in evals] == list(range(EPOCHS))
+  assert [r["step"] for r in evals] == [(e + 1) * FULL for e in range(EPOCHS)]
+  assert all("at" not in r for r in evals)
+  assert results["settings"]["selection"] == "last"
+  assert results["settings"]["selected_step"] == EPOCHS * FULL
+  assert "release_compat" not in results["settings"]
+  with open(os.path.join(workdir, "run_summary.json")) as f:
+    assert "release_compat" not in json.load(f)
+
+
+def test_dcgmh_release_loop_evaluates_every_5_epochs_and_at_the_end(tmp_path,
+                                                                   batch_sizes):
+  workdir = str(tmp_path / "run")
+  results = experiment.run(_dcgmh(), workdir, log=lambda _: None)
+  assert batch_sizes == {e: [B] * FULL + [PARTIAL] for e in range(6)}
+  evals = _records(workdir, "eval")
+  assert [r["epoch"] for r in evals] == [4, 5]   # after the 5th and the last epoch
+  assert all("at" not in r for r in evals)
+  settings = results["settings"]
+  assert settings["selection"] == "last"
+  assert settings["selected_step"] == 6 * (FULL + 1)
+  assert "every 5 epochs" in settings["release_compat"]
+  assert "partial last batch" in settings["release_compat"]
+
+
+@pytest.mark.parametrize("selection", ["val"])
+def test_scbch_release_loop_refuses_another_selection(tmp_path, selection):
+  with pytest.raises(ConfigError, match=r"config\.selection"):
+    experiment.run(_scbch(selection=selection), str(tmp_path / "w"),
+                   log=lambda _: None)
+  assert not os.path.exists(tmp_path / "w" / "metrics.jsonl")
+
+
+def test_partial_batch_must_divide_over_the_devices(tmp_path):
+  # 260 mod 48 = 20 rows cannot be split over 8 devices.
+  with pytest.raises(ConfigError, match=r"config\.batch_size.*20 rows.*8 devices"):
+    experiment.run(_scbch(train_size=260), str(tmp_path / "w"), log=lambda _: None)
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
