@@ -162,6 +162,9 @@ class DataParallel:
     per_device_step.__name__ = (
         f"{getattr(body, '__name__', 'step_body')}[driver {DataParallel._instances}]")
     traced = chex.assert_max_traces(per_device_step, n=self.max_phases)
+    # chex has fixed its count key; the compiled program gets the body's stable
+    # name back, so the persistent compilation cache serves a later driver too.
+    traced.__name__ = traced.__qualname__ = getattr(body, "__name__", "step_body")
     self._compiled: dict[Hashable, Callable] = {}
     self._traced_body = traced
     self._replicated = NamedSharding(self.mesh, P())
