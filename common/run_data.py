@@ -117,7 +117,7 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[Splits, np.ndarray |
   if source == "synthetic":
     return data_lib.make_synthetic(name, seed=config.data_seed, **sizes), None
   if source == "tfds":
-    return data_lib.load_tfds_splits(name, config.tfds_dir), None
+    return data_lib.load_tfds_dataset(name, config.tfds_dir)
   if source == "folder":
     folder = data_lib.read_dataset(name, **sizes)
     return folder.splits, folder.noisy_train_labels

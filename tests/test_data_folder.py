@@ -230,3 +230,27 @@ def test_h5_errors(tmp_path):
   (tmp_path / "d.h5").write_text("not hdf5")
   with pytest.raises(ValueError, match="not an HDF5 file"):
     read_dataset(str(tmp_path / "d.h5"))
+
+
+def test_folder_to_tfds_round_trip_with_noisy_labels_and_a_second_folder_refused(tmp_path):
+  from common.data import load_tfds_dataset, prepare
+  rng = np.random.default_rng(5)
+  parts = _presplit(rng, classes=3)
+  parts["train"]["labels_noisy"] = 1 - parts["train"]["labels"]
+  folder = _write(tmp_path / "mine", parts)
+  tfds_dir = str(tmp_path / "tfds")
+  report = prepare.prepare_data(f"folder:{folder}", tfds_dir=tfds_dir)
+  assert "folder" in report
+  splits, noisy = load_tfds_dataset("folder", tfds_dir)
+  data = read_dataset(folder)
+  assert splits.name == data.splits.name
+  for part in ("query", "train", "database"):
+    got, want = getattr(splits, part), getattr(data.splits, part)
+    for key in ("image", "text", "labels", "index"):
+      np.testing.assert_array_equal(getattr(got, key), getattr(want, key), err_msg=key)
+  np.testing.assert_array_equal(noisy, data.noisy_train_labels)
+  # The same command again reuses it; another folder in the same TFDS dir is refused.
+  prepare.prepare_data(f"folder:{folder}", tfds_dir=tfds_dir)
+  other = _write(tmp_path / "other", _presplit(rng, classes=3))
+  with pytest.raises(ValueError, match="one folder per TFDS data dir"):
+    prepare.prepare_data(f"folder:{other}", tfds_dir=tfds_dir)

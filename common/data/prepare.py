@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from common.data import folder
 from common.data import noise
 from common.data import readers
 from common.data import summary
@@ -24,6 +25,8 @@ def resolve_dataset(dataset: str) -> str:
   """
   if dataset in readers.BENCHMARKS:
     return dataset
+  if dataset.startswith("folder:"):
+    return "folder"
   preset = dataset
   for prefix in ("synthetic_", "synthetic:"):
     if dataset.startswith(prefix):
@@ -32,14 +35,18 @@ def resolve_dataset(dataset: str) -> str:
     return f"synthetic_{preset}"
   raise ValueError(
       f"--dataset={dataset!r} is neither a benchmark "
-      f"{sorted(readers.BENCHMARKS)} nor a synthetic preset "
+      f"{sorted(readers.BENCHMARKS)}, folder:<path>, nor a synthetic preset "
       f"{['synthetic_' + p for p in synthetic.SYNTHETIC_PRESETS]}.")
 
 
 def _check_flags(config_name: str, *, data_dir, layout, query_size, train_size,
                  noise_protocol, noise_rate, noise_seed) -> None:
   """Flag combinations that cannot work, caught before reading any data."""
-  if config_name.startswith("synthetic_"):
+  if config_name == "folder":
+    if layout is not None or data_dir is not None:
+      raise ValueError("--layout and --data_dir do not apply to folder:<path> "
+                       "(the path is in --dataset)")
+  elif config_name.startswith("synthetic_"):
     for flag, value in (("data_dir", data_dir), ("layout", layout),
                         ("query_size", query_size),
                         ("train_size", train_size)):
@@ -69,6 +76,9 @@ def _check_flags(config_name: str, *, data_dir, layout, query_size, train_size,
 def load_in_memory(config_name: str, *, data_dir=None, layout=None,
                    query_size=None, train_size=None) -> Splits:
   """The Splits of a config without writing anything (for --summary_only)."""
+  if config_name == "folder":
+    return folder.read_dataset(data_dir, query_size=query_size,
+                               train_size=train_size).splits
   if config_name.startswith("synthetic_"):
     return synthetic.make_synthetic(config_name[len("synthetic_"):], seed=0)
   return readers.read_benchmark(config_name, data_dir, layout=layout,
@@ -92,6 +102,8 @@ def prepare_data(dataset: str, *, tfds_dir: str, data_dir: str | None = None,
                query_size=query_size, train_size=train_size,
                noise_protocol=noise_protocol, noise_rate=noise_rate,
                noise_seed=noise_seed)
+  if config_name == "folder":
+    data_dir = dataset.split(":", 1)[1]
   lines = []
   if summary_only:
     splits = load_in_memory(config_name, data_dir=data_dir, layout=layout,

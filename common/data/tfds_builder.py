@@ -3,10 +3,12 @@
 TFDS 4.9 builds and reads without TensorFlow when the features are plain
 tensors (encoded with numpy) and the file format is array_record; reading
 goes through `tfds.data_source` (random access, no tf.data). One config per
-benchmark (files from the manual dir, read with `read_benchmark`) and one per
-synthetic preset (`synthetic_<preset>`, seed 0). Splits: query, train,
-database; features: image, text (float32 vectors), label (float32 multi-hot),
-index (int64 item id). Rows are written in split order (shuffling disabled),
+benchmark (files from the manual dir, read with `read_benchmark`), one per
+synthetic preset (`synthetic_<preset>`, seed 0), and `folder` for your own
+data (`read_dataset`; one folder per TFDS data dir: the build records its
+source and refuses another). Splits: query, train, database; features: image,
+text (float32 vectors), label (float32 multi-hot), index (int64 item id), and
+for `folder` data with your own noisy training labels also label_noisy. Rows are written in split order (shuffling disabled),
 so row i read back is row i of the Split that was written.
 """
 
@@ -20,12 +22,14 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from common.data import folder as folder_lib
 from common.data import readers
 from common.data import synthetic
 from common.data import validation
 from common.data.splits import Split, Splits
 
 BUILDER_NAME = "noisy_hashing"
+FOLDER_CONFIG = "folder"
 _PARTS = ("query", "train", "database")
 _READ_CHUNK = 1024
 
@@ -36,6 +40,7 @@ class NoisyHashingConfig(tfds.core.BuilderConfig):
 
   source: str = ""
   synthetic: bool = False
+  folder: bool = False
 
 
 def _configs() -> list[NoisyHashingConfig]:
@@ -50,6 +55,9 @@ def _configs() -> list[NoisyHashingConfig]:
           description=f"Synthetic data, preset {preset!r}, seed 0 (not a "
           "benchmark).")
       for preset in synthetic.SYNTHETIC_PRESETS]
+  configs.append(NoisyHashingConfig(
+      name=FOLDER_CONFIG, source="", folder=True,
+      description="Your own paired features (the generic folder layout)."))
   return configs
 
 
@@ -73,7 +81,8 @@ class NoisyHashing(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, layout: str | None = None,
                query_size: int | None = None, train_size: int | None = None,
-               **kwargs):
+               folder: str | None = None, **kwargs):
+    self._folder = folder
     self._layout = layout
     self._query_size = query_size
     self._train_size = train_size
@@ -91,20 +100,28 @@ class NoisyHashing(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     vector = lambda: tfds.features.Tensor(shape=(None,), dtype=np.float32)
+    features = {"image": vector(), "text": vector(), "label": vector(),
+                "index": tfds.features.Scalar(dtype=np.int64)}
+    if self.builder_config.folder:
+      # The user's own noisy training labels (= label where there are none).
+      features["label_noisy"] = vector()
     return tfds.core.DatasetInfo(
         builder=self,
         description="Pre-extracted image/text features for deep hashing.",
-        features=tfds.features.FeaturesDict({
-            "image": vector(), "text": vector(), "label": vector(),
-            "index": tfds.features.Scalar(dtype=np.int64)}),
+        features=tfds.features.FeaturesDict(features),
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
+    noisy = None
     if config.synthetic:
       splits = synthetic.make_synthetic(config.source, seed=0)
       layout = "synthetic"
+    elif config.folder:
+      data = folder_lib.read_dataset(self._folder, query_size=self._query_size,
+                                     train_size=self._train_size)
+      splits, noisy, layout = data.splits, data.noisy_train_labels, "folder"
     else:
       data_dir = os.fspath(dl_manager.manual_dir)
       layout = self._layout or readers.detect_layout(config.source, data_dir)
@@ -114,14 +131,19 @@ class NoisyHashing(tfds.core.GeneratorBasedBuilder):
     self.info.metadata.update({
         "source": splits.name, "layout": layout,
         "image_dim": splits.image_dim, "text_dim": splits.text_dim,
-        "num_classes": splits.num_classes})
-    return {part: self._generate_examples(getattr(splits, part))
+        "num_classes": splits.num_classes,
+        "has_noisy_labels": noisy is not None})
+    return {part: self._generate_examples(
+        getattr(splits, part), noisy if part == "train" else None)
             for part in _PARTS}
 
-  def _generate_examples(self, split: Split):
+  def _generate_examples(self, split: Split, noisy: np.ndarray | None):
     for row in range(len(split)):
-      yield row, {"image": split.image[row], "text": split.text[row],
-                  "label": split.labels[row], "index": split.index[row]}
+      example = {"image": split.image[row], "text": split.text[row],
+                 "label": split.labels[row], "index": split.index[row]}
+      if self.builder_config.folder:
+        example["label_noisy"] = (split.labels if noisy is None else noisy)[row]
+      yield row, example
 
 
 def _check_config(config_name: str) -> NoisyHashingConfig:
@@ -150,7 +172,13 @@ def build_tfds(config_name: str, tfds_dir: str, *, data_dir: str | None = None,
     The prepared builder.
   """
   config = _check_config(config_name)
-  if config.synthetic:
+  if config.folder:
+    if layout is not None:
+      raise ValueError("layout does not apply to folder data (it is detected).")
+    if data_dir is None or not os.path.exists(data_dir):
+      raise FileNotFoundError(f"folder data {data_dir!r}: no such file or folder.")
+    _refuse_another_folder(tfds_dir, os.path.abspath(data_dir), overwrite)
+  elif config.synthetic:
     extra = {k: v for k, v in (("data_dir", data_dir), ("layout", layout),
                                ("query_size", query_size),
                                ("train_size", train_size)) if v is not None}
@@ -168,7 +196,8 @@ def build_tfds(config_name: str, tfds_dir: str, *, data_dir: str | None = None,
                        f"{readers.LAYOUTS}.")
   builder = NoisyHashing(config=config_name, data_dir=tfds_dir,
                          file_format="array_record", layout=layout,
-                         query_size=query_size, train_size=train_size)
+                         query_size=query_size, train_size=train_size,
+                         folder=os.path.abspath(data_dir) if config.folder else None)
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   # Progress bars (tqdm, with escape codes) only when INFO logs are wanted.
@@ -176,17 +205,32 @@ def build_tfds(config_name: str, tfds_dir: str, *, data_dir: str | None = None,
   builder.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(
-          manual_dir=data_dir, try_download_gcs=False, download_mode=mode))
+          manual_dir=None if config.folder else data_dir, try_download_gcs=False,
+          download_mode=mode))
   logging.info("TFDS %s/%s ready in %s.", BUILDER_NAME, config_name,
                builder.data_dir)
   return builder
 
 
-def _read_split(source, name: str) -> Split:
+def _refuse_another_folder(tfds_dir: str, folder: str, overwrite: bool) -> None:
+  """A `folder` build is reused only for the folder it was built from."""
+  path = os.path.join(tfds_dir, BUILDER_NAME, FOLDER_CONFIG)
+  if overwrite or not os.path.isdir(path):
+    return
+  built = tfds.builder(f"{BUILDER_NAME}/{FOLDER_CONFIG}", data_dir=tfds_dir)
+  source = built.info.metadata.get("source")
+  if source != f"folder:{folder}":
+    raise ValueError(
+        f"{path} holds {source}, not folder:{folder}; use another --tfds_dir "
+        "(one folder per TFDS data dir) or --overwrite")
+
+
+def _read_split(source, name: str, *, noisy: bool = False
+                ) -> tuple[Split, np.ndarray | None]:
   n = len(source)
   first = source[0] if n else None
-  dims = {k: (first[k].shape[0] if first is not None else 0)
-          for k in ("image", "text", "label")}
+  keys = ("image", "text", "label") + (("label_noisy",) if noisy else ())
+  dims = {k: (first[k].shape[0] if first is not None else 0) for k in keys}
   arrays = {k: np.empty((n, d), dtype=np.float32) for k, d in dims.items()}
   index = np.empty((n,), dtype=np.int64)
   for lo in range(0, n, _READ_CHUNK):
@@ -198,11 +242,18 @@ def _read_split(source, name: str) -> Split:
   split = Split(image=arrays["image"], text=arrays["text"],
                 labels=arrays["label"], index=index)
   validation.validate_split(split, where=name)
-  return split
+  return split, arrays.get("label_noisy")
 
 
 def load_tfds_splits(config_name: str, data_dir: str) -> Splits:
-  """Reads a prepared `noisy_hashing/<config_name>` back into numpy Splits.
+  """Reads a prepared `noisy_hashing/<config_name>` back into numpy Splits."""
+  return load_tfds_dataset(config_name, data_dir)[0]
+
+
+def load_tfds_dataset(config_name: str, data_dir: str
+                      ) -> tuple[Splits, np.ndarray | None]:
+  """(Splits, the user's own noisy training labels or None) of a prepared
+  `noisy_hashing/<config_name>`.
 
   Uses `tfds.data_source` (array_record random access; TensorFlow is never
   imported).
@@ -221,7 +272,9 @@ def load_tfds_splits(config_name: str, data_dir: str) -> Splits:
                              data_dir=data_dir, download=False)
   builder = tfds.builder(f"{BUILDER_NAME}/{config_name}", data_dir=data_dir)
   name = builder.info.metadata.get("source", config_name)
-  parts = {p: _read_split(sources[p], f"{path}/{p}") for p in _PARTS}
-  splits = Splits(name=name, **parts)
+  own_noisy = bool(builder.info.metadata.get("has_noisy_labels", False))
+  read = {p: _read_split(sources[p], f"{path}/{p}", noisy=own_noisy and p == "train")
+          for p in _PARTS}
+  splits = Splits(name=name, **{p: split for p, (split, _) in read.items()})
   validation.validate_splits(splits)
-  return splits
+  return splits, read["train"][1]
