@@ -176,6 +176,9 @@ class DataParallel:
       self._pmapped = jax.pmap(
           lambda s, b, e, c, phase: traced(s, b, e, c, phase=phase),
           axis_name=AXIS, static_broadcasted_argnums=(4,),
+          # Metrics are reduced over AXIS (equal on every device): one copy
+          # comes back, with no per-step slicing on the host.
+          out_axes=(0, None),
           donate_argnums=(0,) if self.donate else (),
           devices=self.local_devices if jax.process_count() == 1 else None)
 
@@ -233,10 +236,7 @@ class DataParallel:
       n = len(self.local_devices)
       if not placed:
         context = jax.tree.map(lambda v: np.broadcast_to(v, (n,) + v.shape), context)
-      dstate, metrics = self._pmapped(dstate, dbatch, dextras, context, phase)
-      # A static slice (m[0] would transfer the index from the host).
-      return dstate, jax.tree.map(lambda m: lax.index_in_dim(m, 0, keepdims=False),
-                                  metrics)
+      return self._pmapped(dstate, dbatch, dextras, context, phase)
     fn = self._compiled.get(phase)
     if fn is None:
       body = functools.partial(self._traced_body, phase=phase)

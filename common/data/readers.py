@@ -192,7 +192,7 @@ def detect_layout(name: str, data_dir: str) -> str:
   if len(found) > 1:
     raise ValueError(
         f"Files of several layouts for {name} in data_dir={data_dir!r}: "
-        f"{found}. Set config.layout (nhj-prepare-data: --layout) to one of {sorted(found)}.")
+        f"{found}. Set config.layout= (nhj-prepare-data: --layout=) to one of {sorted(found)}.")
   return next(iter(found))
 
 
