@@ -71,14 +71,21 @@ def test_objectives_equal_their_formulas(name, seed):
   np.testing.assert_allclose(float(got), want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(objectives.VARIANTS))
-def test_every_variant_steps_with_finite_loss_and_bounded_phases(name):
+def test_phase_schedules_never_exceed_full():
+  for name, variant in objectives.VARIANTS.items():
+    method = test_dcgmh_train._method(noise_ratio=0.4, variant=name)
+    phases = [method.phase(e) for e in range(4)]
+    assert set(phases) <= set(method.phases), name
+    assert set(phases) == ({"warmup", "robust"} if variant.filter else {"warmup"}), name
+
+
+# The variants whose step differs in structure from full (the others only
+# change coefficients, covered by the formula test above).
+@pytest.mark.parametrize("name", ["no_reconstruction", "no_unsup", "center_only"])
+def test_structurally_different_variants_step_with_finite_loss(name):
   method = test_dcgmh_train._method(noise_ratio=0.4, variant=name)
-  phases = [method.phase(e) for e in range(4)]
-  assert set(phases) <= set(method.phases)
-  if not objectives.VARIANTS[name].filter:
-    assert set(phases) == {"warmup"}
-  _, hist = test_dcgmh_train._run(method, "shard_map", 2, phases=("warmup", "robust"))
+  phases = tuple(dict.fromkeys(method.phase(e) for e in range(2)))
+  _, hist = test_dcgmh_train._run(method, "shard_map", 2, phases=phases)
   assert all(np.isfinite(h["loss"]) for h in hist)
-  if not objectives.VARIANTS[name].unsup:
+  if name == "no_unsup":
     assert "unsup" not in hist[1]
