@@ -250,6 +250,31 @@ class DataParallel:
     return fn(dstate, dbatch, dextras, context)
 
 
+def process_rows(n: int) -> tuple[int, int]:
+  """This process's contiguous share [start, stop) of n rows (per-epoch passes)."""
+  p, count = jax.process_index(), jax.process_count()
+  return n * p // count, n * (p + 1) // count
+
+
+def gather_process_rows(local: np.ndarray, n: int) -> np.ndarray:
+  """Every process's `process_rows(n)` share, concatenated in process order.
+
+  Each process passes the rows it computed; all get the full (n, ...) array.
+  One process: `local` itself.
+  """
+  count = jax.process_count()
+  if count == 1:
+    return np.asarray(local)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  longest = -(-n // count)
+  local = np.asarray(local)
+  padded = np.zeros((longest,) + local.shape[1:], local.dtype)
+  padded[:len(local)] = local
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  sizes = [n * (p + 1) // count - n * p // count for p in range(count)]
+  return np.concatenate([gathered[p, :size] for p, size in enumerate(sizes)])
+
+
 def fetch(tree: PyTree) -> PyTree:
   """Device metrics -> host numpy (one transfer; call every N steps, not every step)."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)

@@ -174,11 +174,17 @@ class ScbchMethod:
     n = len(train["labels"])
     if epoch < self.config.cscc_start_epoch or not self.uses_cscc:
       return {"weight": np.ones(n, np.float32)}
-    u, v = self.encode_continuous(state.params, train["image"], train["text"])
+    # Each process encodes and weighs its 1/P of the items (the codes are
+    # exchanged: every row's neighbours are searched among all N items).
+    start, stop = parallel.process_rows(n)
+    u, v = self.encode_continuous(state.params, train["image"][start:stop],
+                                  train["text"][start:stop])
+    u, v = parallel.gather_process_rows(u, n), parallel.gather_process_rows(v, n)
     weights = cscc.neighbour_consistency_weights(
         u, v, np.asarray(train["labels"], np.float32), k=self.config.k,
-        gamma=self.config.gamma, block_size=self.config.cscc_block_size)
-    return {"weight": np.asarray(weights, np.float32)}
+        gamma=self.config.gamma, block_size=self.config.cscc_block_size,
+        rows=(start, stop) if jax.process_count() > 1 else None)
+    return {"weight": parallel.gather_process_rows(np.asarray(weights, np.float32), n)}
 
   def epoch_summary(self, state: TrainState, epoch: int,
                     extras: Mapping[str, np.ndarray],
