@@ -35,8 +35,10 @@ def evaluate_direction(query_codes, db_codes, query_labels, db_labels, *,
                        ties: str = "index", empty_queries: str = "skip",
                        topk: int | None = None,
                        precision_ns: Sequence[int] = DEFAULT_PRECISION_NS,
-                       num_points: int = 15) -> dict:
-  """Metrics of one query set against one database (one pass).
+                       num_points: int = 15,
+                       query_share: metrics.QueryShare | None = None) -> dict:
+  """Metrics of one query set against one database (one pass; query_share
+  splits it over processes, see metrics.retrieval_metrics).
 
   Returns:
     {"map", "num_queries", "num_database", "num_queries_counted",
@@ -46,7 +48,7 @@ def evaluate_direction(query_codes, db_codes, query_labels, db_labels, *,
   result = metrics.retrieval_metrics(
       query_codes, db_codes, query_labels, db_labels, ties=ties,
       empty_queries=empty_queries, topk=topk, precision_ns=precision_ns,
-      num_points=num_points)
+      num_points=num_points, query_share=query_share)
   return {
       "map": result["map"],
       "num_queries": int(result["ap"].size),
@@ -63,7 +65,8 @@ def evaluate_cross_modal(image_query, text_query, image_db, text_db,
                          empty_queries: str = "skip",
                          topk: int | None = None,
                          precision_ns: Sequence[int] = DEFAULT_PRECISION_NS,
-                         num_points: int = 15) -> dict:
+                         num_points: int = 15,
+                         query_share: metrics.QueryShare | None = None) -> dict:
   """I->T (image queries vs text database) and T->I results.
 
   The default empty_queries="skip" is the SCBCH release's convention.
@@ -72,7 +75,8 @@ def evaluate_cross_modal(image_query, text_query, image_db, text_db,
     {"settings": {...}, "i2t": {...}, "t2i": {...}}.
   """
   kwargs = dict(ties=ties, empty_queries=empty_queries, topk=topk,
-                precision_ns=precision_ns, num_points=num_points)
+                precision_ns=precision_ns, num_points=num_points,
+                query_share=query_share)
   _same_rows("image_query", image_query, "text_query", text_query)
   _same_rows("image_db", image_db, "text_db", text_db)
   # Both directions are checked before either is computed.
@@ -97,7 +101,8 @@ def evaluate_multi_modal(query_codes, db_codes, query_labels, db_labels, *,
                          topk: int | None = None,
                          precision_ns: Sequence[int] = DEFAULT_PRECISION_NS,
                          num_points: int = 15,
-                         direction: str = "fused") -> dict:
+                         direction: str = "fused",
+                         query_share: metrics.QueryShare | None = None) -> dict:
   """Fused multi-modal codes, one direction (named `direction`).
 
   The default empty_queries="zero" is the DCGMH release's convention.
@@ -115,7 +120,7 @@ def evaluate_multi_modal(query_codes, db_codes, query_labels, db_labels, *,
       direction: evaluate_direction(
           query_codes, db_codes, query_labels, db_labels, ties=ties,
           empty_queries=empty_queries, topk=topk, precision_ns=precision_ns,
-          num_points=num_points),
+          num_points=num_points, query_share=query_share),
   }
 
 
@@ -174,8 +179,8 @@ def write_results(results: Mapping, out_dir: str, *, prefix: str
   with open(paths["json"], "w", encoding="utf-8") as f:
     json.dump(to_jsonable(results), f, indent=2, allow_nan=False)
   curves = {name: results[name] for name in names}
-  # A run that reproduces a release's quirks says so in every plot title.
-  note = "[release_compat]" if results.get(_SETTINGS, {}).get("release_compat") else ""
+  # A run that reproduces a release's quirks names them in every plot title.
+  note = plots.release_compat_note(results.get(_SETTINGS, {}).get("release_compat"))
   plots.plot_pr_by_radius(curves, paths["pr_radius"], note=note)
   plots.plot_topn_pr(curves, paths["topn_pr"], note=note)
   plots.plot_precision_at_n(curves, paths["precision_at_n"], note=note)
@@ -203,6 +208,8 @@ def format_table(results: Mapping) -> str:
   if settings:
     lines.append(", ".join(f"{k}={settings[k]}" for k in
                            ("ties", "empty_queries", "topk") if k in settings))
+    if settings.get("release_compat"):  # the release quirks this run reproduced
+      lines.append(plots.release_compat_note(settings["release_compat"]))
   return "\n".join(lines)
 
 

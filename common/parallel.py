@@ -259,20 +259,23 @@ def process_rows(n: int) -> tuple[int, int]:
 def gather_process_rows(local: np.ndarray, n: int) -> np.ndarray:
   """Every process's `process_rows(n)` share, concatenated in process order.
 
-  Each process passes the rows it computed; all get the full (n, ...) array.
-  One process: `local` itself.
+  Each process passes the rows it computed; all get the full (n, ...) array,
+  bit-exact in any dtype. One process: `local` itself.
   """
   count = jax.process_count()
   if count == 1:
     return np.asarray(local)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   longest = -(-n // count)
-  local = np.asarray(local)
-  padded = np.zeros((longest,) + local.shape[1:], local.dtype)
-  padded[:len(local)] = local
+  local = np.ascontiguousarray(local)
+  # Exchanged as raw bytes: JAX would round float64/int64 to 32 bits.
+  raw = local.reshape(len(local), -1).view(np.uint8)
+  padded = np.zeros((longest, raw.shape[1]), np.uint8)
+  padded[:len(raw)] = raw
   gathered = np.asarray(multihost_utils.process_allgather(padded))
   sizes = [n * (p + 1) // count - n * p // count for p in range(count)]
-  return np.concatenate([gathered[p, :size] for p, size in enumerate(sizes)])
+  rows = np.concatenate([gathered[p, :size] for p, size in enumerate(sizes)])
+  return np.ascontiguousarray(rows).view(local.dtype).reshape((n,) + local.shape[1:])
 
 
 def fetch(tree: PyTree) -> PyTree:

@@ -7,6 +7,8 @@
   tfds:<name>        a TFDS dataset built by nhj-prepare-data, in config.tfds_dir
   folder:<path>      your own data (common.data.read_dataset), optionally with
                      your own noisy training labels
+
+config.input='storage' (tfds: only) leaves the features on disk (StoredColumn).
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ import numpy as np
 
 from common import data as data_lib
 from common.data import Split, Splits
+from common.data import stored
 from common.run_config import ConfigError, check
 
 NOISE_PROTOCOLS = ("scbch", "dcgmh", "symmetric", "release", "none")
 SOURCES = ("synthetic", "tfds", "folder", "benchmark")
+# config.input: features in host memory, or read by row from the prepared
+# array_record files (common.data.stored; per-host feature memory O(batch)).
+INPUTS = ("memory", "storage")
 
 
 def parse_dataset(spec: str) -> tuple[str, str]:
@@ -91,6 +97,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
           f"config.dataset={config.dataset} needs config.data_dir with its files")
     check(os.path.isdir(config.data_dir), "data_dir", config.data_dir,
           "no such directory")
+  check(config.input in INPUTS, "input", config.input, f"expected one of {INPUTS}")
+  check(config.input == "memory" or source == "tfds", "input", config.input,
+        "features are read from storage only for a prepared dataset "
+        f"(config.dataset='tfds:<name>', see nhj-prepare-data), not {config.dataset}")
   if config.layout is not None:
     check(config.layout in data_lib.LAYOUTS, "layout", config.layout,
           f"expected one of {tuple(data_lib.LAYOUTS)}")
@@ -117,6 +127,10 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[Splits, np.ndarray |
   if source == "synthetic":
     return data_lib.make_synthetic(name, seed=config.data_seed, **sizes), None
   if source == "tfds":
+    if config.input == "storage":
+      from common import parallel  # pylint: disable=g-import-not-at-top
+      return data_lib.load_tfds_stored(name, config.tfds_dir, rows=parallel.process_rows,
+                                       gather=parallel.gather_process_rows)
     return data_lib.load_tfds_dataset(name, config.tfds_dir)
   if source == "folder":
     folder = data_lib.read_dataset(name, **sizes)
@@ -158,8 +172,9 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
           f"must be in (0, {n}) (the training split size)")
     order = np.random.default_rng(np.random.PCG64([config.seed, 7919])).permutation(n)
     held, kept = np.sort(order[:config.val_size]), np.sort(order[config.val_size:])
-    take = lambda idx, labels: Split(image=splits.train.image[idx],
-                                     text=splits.train.text[idx], labels=labels[idx],
+    take = lambda idx, labels: Split(image=stored.take_rows(splits.train.image, idx),
+                                     text=stored.take_rows(splits.train.text, idx),
+                                     labels=labels[idx],
                                      index=splits.train.index[idx])
     # Validation relevance uses the NOISY labels: the clean ones are unknown in practice.
     val = (take(held, noisy), take(kept, noisy))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -32,28 +33,43 @@ def _command(module, args, workdir):
   return [sys.executable, "-m", module, *args, f"--workdir={workdir}"]
 
 
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory):
+  from common.data import tfds_builder  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("tfds"))
+  tfds_builder.build_tfds("synthetic_tiny", path)
+  return path
+
+
 @pytest.mark.parametrize("module,args", [
     ("launch.scbch", ["--config.image_hidden=32,32", "--config.text_hidden=(32,)",
                       "--config.cscc_start_epoch=1"]),
     ("launch.dcgmh", ["--config.hidden=32", "--config.fused=32",
-                      "--config.warmup_epochs=1"]),
+                      "--config.warmup_epochs=1", "--config.noise_ratio=auto"]),
 ])
-def test_two_processes_equal_one_process_with_as_many_devices(tmp_path, module, args):
-  common = ["--config.dataset=synthetic:tiny", "--config.epochs=2",
-            "--config.batch_size=32", "--config.bits=16", "--config.progress=false",
-            "--config.checkpoint_every=5", "--compilation_cache_dir="] + args
+def test_two_processes_equal_one_process_with_as_many_devices(
+    tmp_path, module, args, tiny_tfds, restore_checkpoint):
+  """2 processes reading their rows from storage == 1 process with the data in
+  memory: codes, params and per-item extras (CSCC weights / τ̂) at every
+  checkpoint, and the final mAP (each process scored half of the queries)."""
+  common = ["--config.epochs=2", "--config.batch_size=32", "--config.bits=16",
+            "--config.progress=false", "--config.checkpoint_every=5",
+            "--config.keep=100", "--compilation_cache_dir="] + args
+  stored = ["--config.dataset=tfds:synthetic_tiny", f"--config.tfds_dir={tiny_tfds}",
+            "--config.input=storage"]
   address = f"127.0.0.1:{_free_port()}"
   procs = [subprocess.Popen(
-      _command(module, common + [f"--coordinator_address={address}",
-                                 "--num_processes=2", f"--process_id={i}"],
+      _command(module, common + stored + [f"--coordinator_address={address}",
+                                          "--num_processes=2", f"--process_id={i}"],
                tmp_path / "multi"),
       cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outputs):
     assert p.returncode == 0, f"{out}\n{err}"
-  single = subprocess.run(_command(module, common, tmp_path / "single"), cwd=ROOT,
-                          env=_env(4), capture_output=True, text=True, timeout=600)
+  single = subprocess.run(
+      _command(module, common + ["--config.dataset=synthetic:tiny"], tmp_path / "single"),
+      cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=600)
   assert single.returncode == 0, single.stderr
   name = module.split(".")[1]
   with np.load(tmp_path / "multi" / f"{name}_codes.npz") as multi, \
@@ -61,6 +77,28 @@ def test_two_processes_equal_one_process_with_as_many_devices(tmp_path, module, 
     assert multi.files == one.files
     for key in one.files:
       np.testing.assert_array_equal(multi[key], one[key], err_msg=key)
+  results = [json.loads((tmp_path / run / f"{name}_final_results.json").read_text())
+             for run in ("multi", "single")]
+  maps = [{k: v["map"] for k, v in r.items() if isinstance(v, dict) and "map" in v}
+          for r in results]
+  assert maps[0] == maps[1] and maps[0]
+  steps = sorted(int(p.name) for p in (tmp_path / "single" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  # Params and weights to float32 rounding: the cross-process all-reduce (gloo)
+  # sums the devices' gradients in another order than one process does (a few
+  # 1-ulp differences); the codes and mAP above are exactly equal.
+  close = lambda a, b, msg="": np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6,
+                                                           err_msg=msg)
+  with_extras = 0
+  for step in steps:
+    (pm, em), (ps, es) = (restore_checkpoint(tmp_path / run, step)
+                          for run in ("multi", "single"))
+    jax.tree.map(close, pm, ps)
+    assert sorted(em) == sorted(es)
+    for k in em:
+      close(em[k], es[k], f"{k} at step {step}")
+    with_extras += bool(em)
+  assert with_extras, steps
   # Only process 0 wrote logs: one run's worth of final records.
   finals = [l for l in open(tmp_path / "multi" / "metrics.jsonl") if '"final"' in l]
   assert len(finals) == 1

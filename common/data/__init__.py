@@ -25,8 +25,8 @@ from common.data.synthetic import SYNTHETIC_PRESETS
 from common.data.synthetic import SyntheticConfig
 from common.data.validation import validate_split, validate_splits
 
-_LAZY_TFDS = ("load_tfds_splits", "load_tfds_dataset", "build_tfds", "NoisyHashing",
-              "CONFIG_NAMES")
+_LAZY_TFDS = ("load_tfds_splits", "load_tfds_dataset", "load_tfds_stored", "build_tfds",
+              "NoisyHashing",              "CONFIG_NAMES")
 
 
 def __getattr__(name: str):

@@ -8,13 +8,20 @@ slice [p·b/P, (p+1)·b/P) of a batch of b rows. Because
 the permutation only depends on (seed, epoch), a run resumed at (epoch, step)
 sees exactly the batches an uninterrupted run sees, and every row appears
 exactly once per epoch across all processes.
+
+Any array may be a `common.data.stored.StoredColumn` (config.input='storage'):
+then only the rows a process uses are read, one batch at a time.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+import queue
+import threading
+from typing import Any, Iterator, Mapping
 
 import numpy as np
+
+from common.data import stored
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -71,6 +78,12 @@ def _num_rows(arrays: Mapping[str, np.ndarray], reserved: str) -> int:
   return n
 
 
+def _as_arrays(arrays: Mapping[str, Any]) -> dict[str, Any]:
+  """Arrays as numpy; features kept in storage (StoredColumn) stay there and
+  are read a batch at a time."""
+  return {k: v if stored.is_stored(v) else np.asarray(v) for k, v in arrays.items()}
+
+
 def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
                   seed: int, epoch: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1,
@@ -121,7 +134,7 @@ def train_batches(arrays: Mapping[str, np.ndarray], *, global_batch_size: int,
                      "epoch.")
   perm = epoch_permutation(n, seed, epoch)
   local = global_batch_size // process_count
-  arrays = {k: np.asarray(v) for k, v in arrays.items()}  # once, not per step
+  arrays = _as_arrays(arrays)  # once, not per step
   for step in range(start_step, steps):
     if remainder and step == steps - 1:
       local = remainder // process_count
@@ -142,12 +155,12 @@ def eval_batches(arrays: Mapping[str, np.ndarray],
   """
   n = _num_rows(arrays, "mask")
   batch_size = _check_int("batch_size", batch_size, 1)
-  arrays = {k: np.asarray(v) for k, v in arrays.items()}
+  arrays = _as_arrays(arrays)
   for lo in range(0, n, batch_size):
     real = min(batch_size, n - lo)
     batch = {}
     for k, v in arrays.items():
-      part = v[lo:lo + real]
+      part = np.asarray(v[lo:lo + real])
       if real < batch_size:
         pad = np.zeros((batch_size - real,) + part.shape[1:], dtype=part.dtype)
         part = np.concatenate([part, pad], axis=0)
@@ -161,4 +174,53 @@ def map_batches(fn, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.nda
   returns the outputs of the real rows, in order."""
   outputs = [np.asarray(fn(batch))[batch["mask"]]
              for batch in eval_batches(arrays, batch_size)]
+  if not outputs:  # no rows (e.g. a process's empty share): fn's output shape
+    empty = {k: np.zeros((batch_size,) + tuple(np.shape(v)[1:]), np.dtype(v.dtype))
+             for k, v in arrays.items()}
+    empty["mask"] = np.zeros(batch_size, bool)
+    return np.asarray(fn(empty))[:0]
   return np.concatenate(outputs)
+
+
+def prefetch(batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
+  """Yields `batches` in order, reading up to `size` ahead in a thread, so that
+  reading from storage overlaps the device step. Errors are re-raised in the
+  consumer; closing the generator (or an exception in the consumer) stops
+  the reader."""
+  if size < 1:
+    raise ValueError(f"size={size} must be >= 1.")
+  ready: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  done = object()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        ready.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def read():
+    try:
+      for batch in batches:
+        if not put(("ok", batch)):
+          return
+      put(("ok", done))
+    except BaseException as e:  # pylint: disable=broad-except
+      put(("error", e))
+
+  reader = threading.Thread(target=read, daemon=True, name="prefetch")
+  reader.start()
+  try:
+    while True:
+      kind, item = ready.get()
+      if kind == "error":
+        raise item
+      if item is done:
+        return
+      yield item
+  finally:
+    stop.set()
+    reader.join(timeout=5)

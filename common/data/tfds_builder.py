@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from common.data import folder as folder_lib
 from common.data import readers
+from common.data import stored
 from common.data import synthetic
 from common.data import validation
 from common.data.splits import Split, Splits
@@ -245,6 +246,75 @@ def _read_split(source, name: str, *, noisy: bool = False
   return split, arrays.get("label_noisy")
 
 
+def _read_labels(source, name: str, rows: tuple[int, int], *, noisy: bool
+                 ) -> dict[str, np.ndarray]:
+  """label (and label_noisy), index of source rows [start, stop), in chunks."""
+  start, stop = rows
+  out = {"label": [], "index": []} | ({"label_noisy": []} if noisy else {})
+  for lo in range(start, stop, _READ_CHUNK):
+    records = source.__getitems__(list(range(lo, min(stop, lo + _READ_CHUNK))))
+    for k in out:
+      out[k].append(np.stack([np.asarray(r[k]) for r in records]))
+  width = {k: (np.asarray(source[0][k]).shape if len(source) else ()) for k in out}
+  return {k: (np.concatenate(v) if v else np.zeros((0,) + width[k]))
+          .astype(np.int64 if k == "index" else np.float32) for k, v in out.items()}
+
+
+def _stored_split(source, name: str, *, noisy: bool, rows, gather
+                  ) -> tuple[Split, np.ndarray | None]:
+  n = len(source)
+  first = source[0] if n else None
+  dims = {k: int(first[k].shape[0]) if first is not None else 0
+          for k in ("image", "text")}
+  local = _read_labels(source, name, rows(n), noisy=noisy)
+  small = {k: gather(v, n) for k, v in local.items()}
+  reader = stored.StoredRows(source, where=name, dims=dims)
+  split = Split(image=stored.StoredColumn(reader, "image"),
+                text=stored.StoredColumn(reader, "text"),
+                labels=small["label"], index=small["index"])
+  if split.index.size and np.unique(split.index).size != split.index.size:
+    raise ValueError(f"{name}.index: item ids must be unique within a split.")
+  validation.check_binary(split.labels, where=f"{name}.labels")
+  return split, small.get("label_noisy")
+
+
+def load_tfds_stored(config_name: str, data_dir: str, *,
+                     rows=lambda n: (0, n), gather=lambda x, n: x
+                     ) -> tuple[Splits, np.ndarray | None]:
+  """As load_tfds_dataset, with the FEATURES left on disk (common.data.stored).
+
+  Labels and item ids are read into memory: each process reads `rows(n)` of
+  each split and `gather(local, n)` joins the processes' parts (defaults: one
+  process reads all), so the startup read is split over processes too.
+  Features are read by row, on demand, and checked for NaN/inf when read.
+  """
+  path, sources, builder = _open(config_name, data_dir)
+  name = builder.info.metadata.get("source", config_name)
+  own_noisy = bool(builder.info.metadata.get("has_noisy_labels", False))
+  read = {p: _stored_split(sources[p], f"{path}/{p}", rows=rows, gather=gather,
+                           noisy=own_noisy and p == "train") for p in _PARTS}
+  splits = Splits(name=name, **{p: split for p, (split, _) in read.items()})
+  dims = {p: (s.image.shape[1], s.text.shape[1], s.labels.shape[1])
+          for p, (s, _) in read.items()}
+  if len(set(dims.values())) > 1:
+    raise ValueError(f"{path}: splits disagree on (d_img, d_txt, C): {dims}")
+  return splits, read["train"][1]
+
+
+def _open(config_name: str, data_dir: str):
+  """(path, {split: data source}, builder) of a prepared dataset."""
+  _check_config(config_name)
+  path = os.path.join(data_dir, BUILDER_NAME, config_name)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"No prepared TFDS dataset at {path!r}; run nhj-prepare-data "
+        f"--dataset={config_name} --tfds_dir={data_dir} first.")
+  sources = tfds.data_source(f"{BUILDER_NAME}/{config_name}",
+                             data_dir=data_dir, download=False)
+  builder = tfds.builder(f"{BUILDER_NAME}/{config_name}", data_dir=data_dir)
+  return path, sources, builder
+
+
 def load_tfds_splits(config_name: str, data_dir: str) -> Splits:
   """Reads a prepared `noisy_hashing/<config_name>` back into numpy Splits."""
   return load_tfds_dataset(config_name, data_dir)[0]
@@ -262,15 +332,7 @@ def load_tfds_dataset(config_name: str, data_dir: str
     ValueError: unknown config.
     FileNotFoundError: the dataset was not prepared in `data_dir`.
   """
-  _check_config(config_name)
-  path = os.path.join(data_dir, BUILDER_NAME, config_name)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(
-        f"No prepared TFDS dataset at {path!r}; run nhj-prepare-data "
-        f"--dataset={config_name} --tfds_dir={data_dir} first.")
-  sources = tfds.data_source(f"{BUILDER_NAME}/{config_name}",
-                             data_dir=data_dir, download=False)
-  builder = tfds.builder(f"{BUILDER_NAME}/{config_name}", data_dir=data_dir)
+  path, sources, builder = _open(config_name, data_dir)
   name = builder.info.metadata.get("source", config_name)
   own_noisy = bool(builder.info.metadata.get("has_noisy_labels", False))
   read = {p: _read_split(sources[p], f"{path}/{p}", noisy=own_noisy and p == "train")
