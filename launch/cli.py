@@ -55,24 +55,33 @@ def define_multihost_flags() -> None:
                       "Multi-host: host:port of process 0 (jax.distributed).")
   flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
+  flags.DEFINE_bool("distributed", False,
+                    "Multi-host: jax.distributed.initialize() detects the cluster "
+                    "(Cloud TPU / GKE TPU, SLURM, Open MPI, Kubernetes); any of the "
+                    "three flags above overrides what it detects.")
 
 
 def init_distributed() -> None:
   """jax.distributed.initialize from the multi-host flags (all or none must be set)."""
   given = {name: FLAGS[name].value for name in
            ("coordinator_address", "num_processes", "process_id")}
-  if all(v is None for v in given.values()):
+  if all(v is None for v in given.values()) and not FLAGS.distributed:
     return
   missing = [f"--{k}" for k, v in given.items() if v is None]
-  if missing:
+  if missing and not FLAGS.distributed:
     raise flags.ValidationError(
         f"multi-host runs need --coordinator_address, --num_processes and "
-        f"--process_id together; missing {', '.join(missing)}")
+        f"--process_id together (or --distributed to detect them); missing "
+        f"{', '.join(missing)}")
   # CPU processes need a collectives backend (GPU/TPU ignore this setting).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=given["coordinator_address"],
-                             num_processes=given["num_processes"],
-                             process_id=given["process_id"])
+  try:
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+  except ValueError as e:  # e.g. --distributed where JAX detects no cluster
+    raise flags.ValidationError(
+        f"jax.distributed.initialize: {e} (--distributed found no cluster "
+        "environment it knows: pass --coordinator_address, --num_processes and "
+        "--process_id)") from None
 
 
 def enable_compilation_cache(path: str | None) -> None:

@@ -175,3 +175,25 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(tmp_path):
     assert multi.files == one.files
     for key in one.files:
       np.testing.assert_array_equal(multi[key], one[key], err_msg=key)
+
+
+def test_distributed_flag_detects_a_slurm_job_and_names_what_is_missing(tmp_path):
+  """--distributed lets jax.distributed find the cluster (here a 1-task SLURM
+  job step); with no cluster it says which flags to pass instead."""
+  args = ["--distributed", "--config.dataset=synthetic:tiny", "--config.epochs=1",
+          "--config.image_hidden=(16,)", "--config.text_hidden=(16,)",
+          "--config.batch_size=32", "--config.progress=false", "--compilation_cache_dir="]
+  slurm = dict(SLURM_JOB_ID=str(40000 + _free_port() % 9999), SLURM_NTASKS="1",
+               SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_STEP_NODELIST="localhost",
+               SLURM_NODELIST="localhost")
+  done = subprocess.run(_command("launch.scbch", args, tmp_path / "slurm"), cwd=ROOT,
+                        env=dict(_env(1), **slurm), capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert (tmp_path / "slurm" / "scbch_codes.npz").exists()
+  bare = {k: v for k, v in _env(1).items() if not k.startswith(("SLURM_", "OMPI_"))}
+  refused = subprocess.run(_command("launch.scbch", args, tmp_path / "bare"), cwd=ROOT,
+                           env=bare, capture_output=True, text=True, timeout=300)
+  assert refused.returncode != 0
+  assert "--coordinator_address, --num_processes and --process_id" in refused.stderr
+  assert not (tmp_path / "bare" / "config.json").exists()

@@ -123,3 +123,23 @@ def test_a_swapped_objective_is_used_by_the_step():
   np.testing.assert_allclose(got_losses[0], float(metrics["loss"]), rtol=1e-6)
   for g, w in zip(jax.tree.leaves(got.params), jax.tree.leaves(dp.get_state(state).params)):
     np.testing.assert_allclose(g, np.asarray(w), rtol=1e-6, atol=1e-7)
+
+
+def test_cscc_weights_from_a_bfloat16_code_matrix_match_the_reference_on_it():
+  """config.cscc_dtype='bfloat16': the weights are the dense float64 CSCC of the
+  unit code rows rounded to bfloat16 (float32 math on the rounded matrix), and
+  float32 (the default) is the CSCC of the codes themselves."""
+  import jax.numpy as jnp
+  from test_scbch_cscc import ref_weights  # pylint: disable=import-error
+  train = _train_arrays()
+  for dtype in ("float32", "bfloat16"):
+    method = _method(cscc_start_epoch=0, cscc_dtype=dtype)
+    state = method.init_state()
+    got = method.epoch_extras(state, 0, train)["weight"]
+    u, v = method.encode_continuous(state.params, train["image"], train["text"])
+    if dtype == "bfloat16":
+      unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+      u, v = (np.asarray(unit(np.asarray(x, np.float64)).astype(np.float32)
+                         .astype(jnp.bfloat16), np.float64) for x in (u, v))
+    want = ref_weights(u, v, train["labels"], k=method.config.k, gamma=method.config.gamma)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5, err_msg=dtype)
