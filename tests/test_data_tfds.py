@@ -169,3 +169,19 @@ def test_cli_output_is_its_own_lines_without_progress_bars(tmp_path):
   assert bad.stderr.strip().splitlines() == [
       "error: --data_dir is required for the benchmark 'iaprtc12': the folder "
       "with its feature files (see docs/data.md)."]
+
+
+def test_a_split_over_the_writer_memory_limit_builds_without_tensorflow(
+    tmp_path, monkeypatch):
+  """TFDS spills a split above MAX_MEM_BUFFER_SIZE through TensorFlow's gfile
+  (absent here); the build keeps it in memory instead (1M items hit 1 GB)."""
+  from tensorflow_datasets.core import shuffle
+  from common.data import synthetic, tfds_builder
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)  # every split is "big"
+  tfds_builder.build_tfds("synthetic_tiny", str(tmp_path))
+  assert shuffle.MAX_MEM_BUFFER_SIZE == 1  # the limit is restored
+  got = tfds_builder.load_tfds_splits("synthetic_tiny", str(tmp_path))
+  want = synthetic.make_synthetic("tiny", seed=0)
+  for part in ("query", "train", "database"):
+    np.testing.assert_array_equal(getattr(got, part).image, getattr(want, part).image)
+    np.testing.assert_array_equal(getattr(got, part).labels, getattr(want, part).labels)
