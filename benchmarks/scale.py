@@ -27,7 +27,7 @@ cscc_gather (the (N, 2K) code matrix exchanged), cscc_weights: the weights of
 linearly to the process's N/P rows (a full 1M x 1M pass takes hours on 2
 cores; every row costs the same: one block x N similarity and one top-k), and
 the exactness of a bfloat16 code matrix (config.cscc_dtype) on those rows
-against float32. Peak RSS = ru_maxrss after each phase (includes the ~1 GB of
+against float32. Peak RSS = VmHWM after each phase (includes the ~0.5 GB of
 JAX/XLA itself).
 """
 
@@ -77,8 +77,13 @@ def prepare(data_dir: str, train: int, database: int) -> str:
 
 
 def _rss_gb() -> float:
-  import resource  # pylint: disable=g-import-not-at-top
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  """This process's peak RSS (VmHWM). Not ru_maxrss: Linux keeps that across
+  exec, so a worker would report its parent's peak."""
+  with open("/proc/self/status", encoding="ascii") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 2**20
+  raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def worker(args) -> dict:
@@ -177,7 +182,8 @@ def run(tfds_dir: str, input_mode: str, processes: int, cscc_rows: int) -> list[
 
 def table(results: dict[str, list[dict]]) -> str:
   header = ["run", "process", "load s", "epoch s (train / eval)", "CSCC encode s",
-            "CSCC gather s", "CSCC weights s (projected, own rows)", "peak RSS GB",
+            "CSCC gather s", "CSCC weights s (projected, own rows)",
+            "peak RSS GB after load / epoch / CSCC",
             "mAP i2t / t2i"]
   rows = []
   for name, procs in results.items():
@@ -190,7 +196,8 @@ def table(results: dict[str, list[dict]]) -> str:
           f"{r['phases']['cscc_encode']:.1f}", f"{r['phases']['cscc_gather']:.2f}",
           f"~{r['cscc_projected_s']:.0f} ({r['own_rows']:,} rows; {r['cscc_rows']} "
           f"timed in {r['phases']['cscc_weights_sample']:.1f} s)",
-          f"{max(r['rss'].values()):.2f} (load {r['rss']['load']:.2f})",
+          f"{r['rss']['load']:.2f} / {r['rss']['epoch']:.2f} / "
+          f"{r['rss']['cscc_weights_sample']:.2f}",
           " / ".join(f"{m:.4f}" for m in r["map"].values())])
   from benchmarks import bench_util  # pylint: disable=g-import-not-at-top
   return bench_util.markdown_table(header, rows)
@@ -205,6 +212,10 @@ def main() -> None:
                                                          "nhj_scale"))
   parser.add_argument("--cscc_rows", type=int, default=2048)
   parser.add_argument("--no_record", action="store_true")
+  parser.add_argument("--from_log", help="re-render the table from a previous "
+                      "run's stdout (its 'P=... [json]' lines)")
+  parser.add_argument("--load_at_start", type=float, default=float("nan"),
+                      help="with --from_log: the load average that run started at")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   for flag in ("tfds_dir", "input", "coordinator", "workdir"):
     parser.add_argument(f"--{flag}", help=argparse.SUPPRESS)
@@ -216,12 +227,21 @@ def main() -> None:
     return
   database = args.database or args.train + 50_000
   load = os.getloadavg()[0]
-  tfds_dir = prepare(args.data_dir, args.train, database)
   results = {}
-  for name, mode, procs in (("P=1 memory", "memory", 1), ("P=1 storage", "storage", 1),
-                            ("P=2 storage", "storage", 2)):
-    results[name] = run(tfds_dir, mode, procs, args.cscc_rows)
-    print(name, json.dumps(results[name]), flush=True)
+  if args.from_log:  # re-render a finished run's table from its printed lines
+    with open(args.from_log, encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("P="):
+          name, _, payload = line.partition(" [")
+          results[name.strip()] = json.loads("[" + payload)
+    load = args.load_at_start
+  else:
+    tfds_dir = prepare(args.data_dir, args.train, database)
+    for name, mode, procs in (("P=1 memory", "memory", 1),
+                              ("P=1 storage", "storage", 1),
+                              ("P=2 storage", "storage", 2)):
+      results[name] = run(tfds_dir, mode, procs, args.cscc_rows)
+      print(name, json.dumps(results[name]), flush=True)
   body = table(results)
   first = results["P=1 storage"][0]
   bf16 = first["bf16"]
@@ -236,7 +256,12 @@ def main() -> None:
       f"(config.cscc_dtype) vs float32 weights on {first['cscc_rows']} rows x all "
       f"{first['items']:,} columns: {100 * bf16['exact']:.1f}% bit-identical, mean "
       f"|diff| {bf16['mean_abs']:.2e}, max |diff| {bf16['max_abs']:.2e} "
-      "(neighbour sets change where bfloat16 rounding reorders near-ties).")
+      "(neighbour sets change where bfloat16 rounding reorders near-ties).\n\n"
+      "Reading: P = 2 here shares the same 2 cores as P = 1 (one JAX CPU device "
+      "per process), so it shows the split of work and memory, not a speed-up "
+      "from more hardware. The CSCC weights are projected from the timed rows; "
+      "the CSCC peak RSS is its block buffer (block 256 x N float32 similarities "
+      "+ top-k), O(block * N), set by config.cscc_block_size.")
   print(body + "\n\n" + notes)
   if not args.no_record:
     bench_util.record(SECTION, body + "\n\n" + notes)

@@ -172,8 +172,9 @@ def eval_batches(arrays: Mapping[str, np.ndarray],
 def map_batches(fn, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
   """fn over `eval_batches` (one padded shape, so a jitted fn compiles once);
   returns the outputs of the real rows, in order."""
+  # Reading the next batch (from storage: common.data.stored) overlaps fn.
   outputs = [np.asarray(fn(batch))[batch["mask"]]
-             for batch in eval_batches(arrays, batch_size)]
+             for batch in prefetch(eval_batches(arrays, batch_size))]
   if not outputs:  # no rows (e.g. a process's empty share): fn's output shape
     empty = {k: np.zeros((batch_size,) + tuple(np.shape(v)[1:]), np.dtype(v.dtype))
              for k, v in arrays.items()}
