@@ -28,7 +28,13 @@ weights), epoch_summary, evaluation (per-epoch), checkpoint (saves, the final
 wait), final (selection restore + final evaluation), export (codes),
 results_and_plots (JSON, PNGs, table). "run()" is experiment.run as the
 caller sees it; "wall" is the whole process, launch (imports included) to exit,
-which is what the release's number measures.
+which is what the release's number measures. "imports" is the child's own
+imports (experiment, launch.cli) before run(); "start+exit" is the rest of
+wall - run() - imports: interpreter start-up and teardown (module and object
+finalisation at exit), plus the subprocess spawn.
+
+The machine is shared: each row's label says when it was measured and the
+1-minute load average (min-max over its runs); compare rows measured together.
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ sys.path.insert(0, ROOT)
 RELEASE_SECONDS = {"dcgmh": 7.5, "scbch": 19.5}
 DATA = dict(dataset="synthetic:demo", train_size=2000, query_size=1000)
 KEYS = ("compile", "train", "epoch_extras", "epoch_summary", "evaluation",
-        "checkpoint", "final", "export", "results_and_plots")
+        "checkpoint", "final", "export", "results_and_plots", "imports",
+        "start+exit")
 
 
 def small_config(method: str, **overrides):
@@ -95,7 +102,9 @@ def one_run(method: str, tmp: str, name: str) -> dict:
                                                                    "cpu")))
   wall = time.perf_counter() - start
   with open(out, encoding="utf-8") as f:
-    return dict(json.load(f), wall=wall)
+    result = json.load(f)
+  result["start+exit"] = wall - result["run"] - result["imports"]
+  return dict(result, wall=wall, load=os.getloadavg()[0])
 
 
 def main() -> None:
@@ -115,12 +124,17 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     for method in args.methods.split(","):
       one_run(method, tmp, f"{method}_warmup")  # fills the compilation cache
+      load = [os.getloadavg()[0]]
       runs = [one_run(method, tmp, f"{method}_{i}") for i in range(args.repeats)]
+      load += [r["load"] for r in runs]
       best = min(runs, key=lambda r: r["wall"])
+      label = (f"{args.label} ({time.strftime('%H:%M')}, load "
+               f"{min(load):.1f}-{max(load):.1f})")
       print(f"{method}: " + ", ".join(f"{k} {best.get(k, 0.0):.2f}s" for k in KEYS)
             + f"; run {best['run']:.2f}s, wall {best['wall']:.2f}s "
-            f"(release {RELEASE_SECONDS[method]} s); maps {best['maps']}", flush=True)
-      rows.append([method, args.label] + [f"{best.get(k, 0.0):.2f}" for k in KEYS]
+            f"(release {RELEASE_SECONDS[method]} s); maps {best['maps']}; "
+            f"walls {[round(r['wall'], 2) for r in runs]}, load {load}", flush=True)
+      rows.append([method, label] + [f"{best.get(k, 0.0):.2f}" for k in KEYS]
                   + [f"{best['run']:.2f}", f"{best['wall']:.2f}",
                      RELEASE_SECONDS[method]])
   table = bench_util.markdown_table(

@@ -20,7 +20,7 @@ import importlib
 import json
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 import jax
 import ml_collections
@@ -147,10 +147,9 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
     state, results, tag = result.state, result.results, "final"
     first_step, timing = result.first_step_seconds, result.timing
   resolved = dict(getattr(method, "resolved", {}))
-  # release_compat: the loop's quirks and the method's own (method.resolved).
-  compat = "; ".join(str(note) for note in (
-      loop_plan(config, method.name).release_compat,
-      resolved.pop("release_compat", None)) if note)
+  # release_compat: {name: label} of the active quirks, the loop's and the
+  # method's own (loop_plan has both); absent when off.
+  compat = loop_plan(config, method.name).release_compat
   results = with_settings(results, method=method.name, dataset=splits.name,
                           bits=config.bits, noise=data.noise_summary,
                           empty_queries=method.empty_queries, **resolved,
@@ -181,7 +180,10 @@ class _LatestCodes:
 
   The final evaluation and the codes export encode the same state and arrays:
   the second call returns the first's codes instead of encoding again. Keys
-  are object identities, held alive here so that they cannot be reused.
+  are object identities, held alive here so that they cannot be reused; a
+  NumPy array is keyed by the memory it views (address, shape, strides,
+  dtype), since each call passes a new view of the split's rows (encode_split
+  slices them) and the splits are never written to.
   """
 
   def __init__(self, method):
@@ -195,10 +197,17 @@ class _LatestCodes:
   def encode(self, state, image, text, **kwargs):
     if state is not self._state:
       self._state, self._codes = state, {}
-    key = (id(image), id(text), tuple(sorted(kwargs.items())))
+    key = (_array_key(image), _array_key(text), tuple(sorted(kwargs.items())))
     if key not in self._codes:
       self._codes[key] = (image, text, self._method.encode(state, image, text, **kwargs))
     return self._codes[key][2]
+
+
+def _array_key(x) -> Hashable:
+  """What `x` holds: the memory a NumPy array views, else its identity."""
+  if isinstance(x, np.ndarray):
+    return (x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str)
+  return id(x)
 
 
 def runner(method: str) -> Callable[..., dict]:
@@ -229,15 +238,16 @@ def _finish(results: Mapping[str, Any], *, codes: Mapping[str, np.ndarray],
   paths = evaluation.write_results(results, workdir, prefix=f"{method.name}_{tag}")
   if tag == "final":
     plotted = plot_diagnostics(workdir, method.name, getattr(method, "diagnostics", {}),
-                               note="[release_compat]" if results["settings"].get(
-                                   "release_compat") else "")
+                               note=plots.release_compat_note(
+                                   results["settings"].get("release_compat")))
     if plotted:
       paths = dict(paths, diagnostics=plotted)
   selection = results["settings"].get("selection", "last")
   compat = results["settings"].get("release_compat")
   log(f"\n{method.name.upper()} {tag} results on {dataset_name} "
       f"({SELECTION_NOTES.get(selection, selection)}"
-      + (f"; RELEASE_COMPAT: {compat}" if compat else "") + "):")
+      + (f"; RELEASE_COMPAT: {plots.release_compat_note(compat, labels=True)}"
+         if compat else "") + "):")
   if dataset_name.startswith("synthetic"):
     log("  (synthetic data: a demo of the pipeline, not a benchmark result)")
   log(evaluation.format_table(results))
@@ -268,5 +278,5 @@ def plot_diagnostics(workdir: str, name: str, series: Mapping[str, str], *,
   if not lines:
     return None
   out = os.path.join(workdir, f"{name}_diagnostics.png")
-  title = f"{name.upper()} diagnostics" + (f"\n{note}" if note else "")
+  title = plots.titled(f"{name.upper()} diagnostics", note)
   return plots.plot_epoch_series(lines, out, title=title)

@@ -7,10 +7,12 @@ importing this module never changes the caller's matplotlib backend.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import textwrap
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+# matplotlib (~0.45 s to import) is imported by the first plot, not here: a
+# process that imports the evaluation code without plotting does not pay it.
 
 
 def _save(x_by_direction: Mapping[str, np.ndarray],
@@ -18,6 +20,10 @@ def _save(x_by_direction: Mapping[str, np.ndarray],
           xlabel: str, ylabel: str, title: str, marker: str = "o",
           legend_title: str = "direction") -> str:
   """Draws one labelled line per direction and writes the PNG to `path`."""
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  # pylint: enable=g-import-not-at-top
   fig = Figure(figsize=(5, 4), dpi=100)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
@@ -33,14 +39,36 @@ def _save(x_by_direction: Mapping[str, np.ndarray],
   # Fixed margins for this one size, not tight_layout: that lays the ticks out
   # in an extra pass and doubled the cost of a plot.
   fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12,
-                      top=0.86 if "\n" in title else 0.91)
+                      top=0.91 - 0.05 * min(title.count("\n"), 4))
   fig.savefig(path, format="png")
   return path
 
 
-def _titled(title: str, note: str) -> str:
-  """A title with a run label (e.g. "[release_compat]") on a second line."""
-  return f"{title}\n{note}" if note else title
+def titled(title: str, note: str) -> str:
+  """A title with a run label (e.g. "[release_compat: ...]") on the next lines."""
+  return f"{title}\n" + "\n".join(textwrap.wrap(note, 64)) if note else title
+
+
+_titled = titled
+
+
+def release_compat_note(value, *, labels: bool = False) -> str:
+  """How outputs name a run's release quirks (results settings.release_compat).
+
+  value: {name: label} of the active quirks (falsy: off; an older run's
+  string: "[release_compat]"). Short form (plot titles, the table):
+  "[release_compat: name, name (leaks ground truth)]"; labels=True (the
+  terminal): "name (label); name (label)".
+  """
+  if not value:
+    return ""
+  if not isinstance(value, Mapping):
+    return str(value) if labels else "[release_compat]"
+  if labels:
+    return "; ".join(f"{name} ({label})" for name, label in value.items())
+  names = [f"{name} (leaks ground truth)" if "leaks ground truth" in str(label)
+           else name for name, label in value.items()]
+  return f"[release_compat: {', '.join(names)}]"
 
 
 def plot_pr_by_radius(results: Mapping[str, Mapping], path: str, *,

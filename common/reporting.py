@@ -17,8 +17,8 @@ import uuid
 from typing import Any, Mapping
 
 import numpy as np
-from tensorboardX import SummaryWriter
-from tqdm import tqdm
+
+# tensorboardX (~0.1 s to import) and tqdm are imported where they are used.
 
 from common.evaluation import to_jsonable
 
@@ -92,6 +92,7 @@ class MetricsWriter:
       # TensorBoard hides events of step >= purge_step from earlier files.
       # A unique suffix: tensorboardX names files by the second and opens
       # them with "wb", so two writers in one second would clobber a file.
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._events = SummaryWriter(
           os.path.join(workdir, "tensorboard"),
           purge_step=None if resume_step is None else resume_step + 1,
@@ -135,7 +136,8 @@ class ProgressBar:
     self._bar = None
     self._live = bool(getattr(self.stream, "isatty", lambda: False)())
 
-  def _start(self, initial: int) -> tqdm:
+  def _start(self, initial: int):
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     return tqdm(total=self.total, initial=initial, desc=self.desc, leave=True,
                 file=self.stream if self._live else io.StringIO(),
                 mininterval=self.min_interval_s if self._live else math.inf,

@@ -38,6 +38,9 @@ def base_config(method: str, dataset: str, *, noise_protocol: str,
   c.data_dir = config_dict.placeholder(str)
   c.layout = config_dict.placeholder(str)      # ucch | scbch_h5 | dcgmh_mat
   c.tfds_dir = config_dict.placeholder(str)
+  # memory: features loaded into host memory; storage: tfds: features read by
+  # row from the array_record files (a process reads only the rows it uses).
+  c.input = "memory"
   c.query_size = config_dict.placeholder(int)  # default: the dataset's split
   c.train_size = config_dict.placeholder(int)
   c.data_seed = 0                              # synthetic generator
@@ -64,5 +67,8 @@ def base_config(method: str, dataset: str, *, noise_protocol: str,
   c.compute_dtype = "float32"   # float32 | bfloat16 (matmuls/activations)
   c.param_dtype = "float32"     # parameters and optimiser state
   # --- reproducing the releases on purpose (labelled in every output) ----------
-  c.release_compat = False
+  # False | True (every quirk of the method's release) | "name1,name2" (only
+  # those; common.train_loop.method_quirks lists them). Typed `object` so that
+  # --config.release_compat takes a bool or a string.
+  c.release_compat = config_dict.FieldReference(False, field_type=object)
   return c

@@ -41,6 +41,9 @@ def get_config(arg: str | None = None):
   c.gamma = 0.5                   # CSCC floor: w = gamma + (1 - gamma) r
   c.cscc_start_epoch = 5          # 0-based epoch from which w != 1
   c.cscc_block_size = 1024        # rows per block of the CSCC top-k pass
+  # dtype of the (N, 2K) code matrix the CSCC pass holds on every host: float32
+  # (exact) or bfloat16 (half the memory; normalised first, the math in float32).
+  c.cscc_dtype = "float32"
   c.lr = 1e-4                     # Adam
   c.weight_decay = 1e-5           # L2 in the gradient (PyTorch Adam)
   c.update(PRESETS[preset])

@@ -30,13 +30,23 @@ class BatchNorm(nn.BatchNorm):
     with the running statistics and leaves them unchanged, exactly as
     use_running_average=True does; the batch statistics are still computed
     (and discarded).
-  Without either, this is flax's nn.BatchNorm, bit for bit (its own code path).
+  * `unbiased_running_var` (release_compat's bn_unbiased_running_var, PyTorch's
+    BatchNorm): the running variance is updated with the UNBIASED batch
+    variance, var · n/(n−1), n = the rows that entered the statistics (over
+    `axis_name`, mask applied); the normalisation in training still uses the
+    biased one. n = 1 (where PyTorch raises) adds var = 0 as the biased update.
+  Without any of these, this is flax's nn.BatchNorm, bit for bit (its own code
+  path).
   """
+
+  unbiased_running_var: bool = False
 
   @nn.compact
   def __call__(self, x, use_running_average=None, *, mask=None):
     traced_flag = isinstance(use_running_average, jax.Array)
-    if mask is None and not traced_flag:
+    unbiased = (self.unbiased_running_var and not traced_flag
+                and not use_running_average)
+    if mask is None and not traced_flag and not unbiased:
       return self._flax_call(x, use_running_average)
     feature_shape = (x.shape[-1],)
     ra_mean = self.variable("batch_stats", "mean",
@@ -62,8 +72,12 @@ class BatchNorm(nn.BatchNorm):
         keep = keep | use_running_average
       ra_mean.value = jnp.where(
           keep, ra_mean.value, self.momentum * ra_mean.value + (1 - self.momentum) * mean)
+      running_var = var
+      if self.unbiased_running_var:  # PyTorch: var · n/(n−1) into the running var
+        running_var = var * (count / jnp.maximum(count - 1.0, 1.0))
       ra_var.value = jnp.where(
-          keep, ra_var.value, self.momentum * ra_var.value + (1 - self.momentum) * var)
+          keep, ra_var.value,
+          self.momentum * ra_var.value + (1 - self.momentum) * running_var)
     if traced_flag:
       mean = jnp.where(use_running_average, ra_mean.value, mean)
       var = jnp.where(use_running_average, ra_var.value, var)
@@ -88,6 +102,7 @@ class _Tower(nn.Module):
   bn_epsilon: float
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  bn_unbiased_running_var: bool = False
 
   @nn.compact
   def __call__(self, x: Array, *, train, mask=None) -> Array:
@@ -96,7 +111,8 @@ class _Tower(nn.Module):
       x = BatchNorm(
           momentum=self.bn_momentum, epsilon=self.bn_epsilon,
           axis_name=self.axis_name, use_fast_variance=False, dtype=self.dtype,
-          param_dtype=self.param_dtype, name=f"bn{i + 1}")(
+          param_dtype=self.param_dtype,
+          unbiased_running_var=self.bn_unbiased_running_var, name=f"bn{i + 1}")(
               x, _running(train), mask=mask)
       x = nn.relu(x)
     return x
@@ -119,7 +135,8 @@ class DcgmhNet(nn.Module):
   local batch sizes give exactly the global-batch statistics). One known
   difference from PyTorch: flax's running variance is the biased batch
   variance, PyTorch's the unbiased one (factor B/(B−1), 48/47 at batch 48),
-  which only affects evaluation-mode outputs.
+  which only affects evaluation-mode outputs; bn_unbiased_running_var=True
+  (release_compat's bn_unbiased_running_var) updates it as PyTorch does.
 
   Attributes:
     bits: code length K.
@@ -133,6 +150,8 @@ class DcgmhNet(nn.Module):
       bfloat16; BN statistics are reduced in float32). The output h is in
       this dtype: the train step casts it to float32 before any loss.
     param_dtype: dtype of the parameters (and so of the optimiser state).
+    bn_unbiased_running_var: every BatchNorm's running variance updated with
+      the unbiased batch variance (PyTorch); False: flax's biased one.
   """
 
   bits: int
@@ -144,6 +163,7 @@ class DcgmhNet(nn.Module):
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  bn_unbiased_running_var: bool = False
 
   def setup(self):
     for name in ("bits", "num_classes", "hidden"):
@@ -155,14 +175,16 @@ class DcgmhNet(nn.Module):
     fused = self.fused_width
     tower = dict(hidden=self.hidden, out=fused, axis_name=self.axis_name,
                  bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                 dtype=self.dtype, param_dtype=self.param_dtype)
+                 dtype=self.dtype, param_dtype=self.param_dtype,
+                 bn_unbiased_running_var=self.bn_unbiased_running_var)
     self.image_mlp = _Tower(**tower)
     self.text_mlp = _Tower(**tower)
     self.hash_dense = TorchDense(self.bits, self.dtype, self.param_dtype)
     self.hash_bn = BatchNorm(
         momentum=self.bn_momentum, epsilon=self.bn_epsilon,
         axis_name=self.axis_name, use_fast_variance=False, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+        param_dtype=self.param_dtype,
+        unbiased_running_var=self.bn_unbiased_running_var)
     # Read by the train step as params["centers"]; created here so that init
     # builds it with the rest of the parameters.
     self.param("centers", nn.initializers.normal(1.0),

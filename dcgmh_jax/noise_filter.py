@@ -367,10 +367,15 @@ def margin_noise_ratio(sim: Array, labels: Array, *, threshold: float = 0.1) -> 
   Returns:
     Scalar float32 τ̂ in [0, 1].
   """
+  return noise_ratio_from_margins(label_margins(sim, labels), threshold=threshold)
+
+
+def noise_ratio_from_margins(margins: Array, *, threshold: float = 0.1) -> Array:
+  """τ̂ = (1/N) Σ_i [r_i < −threshold] from all N items' label margins r (the
+  margins may be computed in parts, e.g. one per process, and joined)."""
   if not threshold >= 0:
     raise ValueError(f"`threshold` must be >= 0, got {threshold}.")
-  r = label_margins(sim, labels)
-  return jnp.mean(r < -threshold).astype(jnp.float32)
+  return jnp.mean(jnp.asarray(margins) < -threshold).astype(jnp.float32)
 
 
 def filter_diagnostics(noisy_mask: Array, reconstructed_mask: Array,

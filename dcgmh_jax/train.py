@@ -29,23 +29,30 @@ Numerics: the network computes in config.compute_dtype (float32 | bfloat16),
 parameters and optimiser state are config.param_dtype; codes are cast to
 float32 before the losses, the filter, the bank and every decision.
 
-config.release_compat=True reproduces the DCGMH release's quirks, each
-labelled in the run's settings (self.resolved["release_compat"]):
-  (a) BatchNorm in INFERENCE mode (running statistics, no update) in every
-      training step of epochs >= RELEASE_FIRST_EVAL_EPOCH (= 5, 0-based): the
-      release evaluates after its (1-based) epochs 5, 10, ... and at the end,
-      its evaluate() calls .eval() and training never calls .train() again.
-      The flag is data (context["epoch"]), not a recompile.
-  (b) the augmented pass on U only, BN statistics from U (the default above;
-      augment_whole_batch=True is refused).
-  (c) label reconstruction compares the neighbours' CLEAN labels (the
-      release's clean-label ids: it LEAKS THE GROUND TRUTH) and does not
-      exclude the item's own bank row; the label given is the top
-      neighbour's observed one. Needs the clean training labels.
-  (d) the partial last batch is the loop's (common.train_loop.RELEASE_LOOPS).
-Not reproduced: the release's extra, unused augmented pass over the whole
-batch (it only moves BN running statistics before epoch 5) and PyTorch's
-unbiased running variance.
+config.release_compat (True: all; or a comma-separated string of names)
+reproduces the DCGMH release's quirks (RELEASE_QUIRKS below), each named in
+the run's settings (common.train_loop.loop_plan(...).release_compat):
+  bn_eval_after_first_eval: BatchNorm in INFERENCE mode (running statistics,
+      no update) in every training step of epochs >= RELEASE_FIRST_EVAL_EPOCH
+      (= 5, 0-based): the release evaluates after its (1-based) epochs 5,
+      10, ... and at the end, its evaluate() calls .eval() and training never
+      calls .train() again. The flag is data (context["epoch"]), not a
+      recompile.
+  augment_unlabeled_only: the augmented pass on U only, BN statistics from U
+      — the project's default too (above); selecting it only refuses
+      augment_whole_batch=True.
+  clean_label_reconstruction: label reconstruction compares the neighbours'
+      CLEAN labels (the release's clean-label ids: it LEAKS THE GROUND TRUTH)
+      and does not exclude the item's own bank row; the label given is the
+      top neighbour's observed one. Needs the clean training labels.
+  bn_unbiased_running_var: PyTorch's BatchNorm running variance (the unbiased
+      batch variance, × n/(n−1), n the rows in the statistics over all
+      devices); training-mode normalisation unchanged (model.BatchNorm).
+The loop's quirks (partial_last_batch, eval_every_5) are in
+common.train_loop.LOOP_QUIRKS. Not reproduced: an extra augmented forward pass
+over the whole batch whose output is unused (spec/dcgmh.md lists no such
+pass; the published release's engine.py, the one its main.py runs, has none —
+only its engine-variant.py does).
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from common import parallel
 from common.codes import to_codes
 from common.data import pipeline
 from common.run_config import ConfigError, check, check_choice, check_positive
+from common.train_loop import Quirk, active_quirks, quirk_registry
 from dcgmh_jax import augment
 from dcgmh_jax import objectives
 from dcgmh_jax import noise_filter as nf
@@ -71,15 +79,27 @@ from dcgmh_jax.model import DcgmhNet
 
 PyTree = Any
 DTYPES = ("float32", "bfloat16")
-# release_compat (a): the release's first evaluation follows its 1-based epoch
-# 5 (`(epoch + 1) % 5 == 0`), after which it trains with BN in eval mode.
+# release_compat's bn_eval_after_first_eval: the release's first evaluation
+# follows its 1-based epoch 5 (`(epoch + 1) % 5 == 0`), after which it trains
+# with BN in eval mode.
 RELEASE_FIRST_EVAL_EPOCH = 5
-RELEASE_COMPAT_NOTE = (
-    "DCGMH release quirks: (a) BatchNorm in inference mode from epoch "
-    f"{RELEASE_FIRST_EVAL_EPOCH} (0-based, after the release's first evaluation); "
-    "(b) augmented pass on the unlabeled items only, BN statistics from them; "
-    "(c) reconstruction compares the neighbours' CLEAN labels and keeps the "
-    "item's own bank row: leaks ground truth")
+# config.release_compat: the DCGMH release's own quirks (the loop's are in
+# common.train_loop.LOOP_QUIRKS); names, one-line labels, registry order.
+RELEASE_QUIRKS = quirk_registry(
+    Quirk("bn_eval_after_first_eval",
+          "BatchNorm in inference mode (running statistics, not updated) in every "
+          f"training step from epoch {RELEASE_FIRST_EVAL_EPOCH} (0-based), after the "
+          "release's first evaluation", ("dcgmh",)),
+    Quirk("augment_unlabeled_only",
+          "augmented pass on the unlabeled items only, BN statistics from them (the "
+          "project's default too: only refuses augment_whole_batch=True)", ("dcgmh",)),
+    Quirk("clean_label_reconstruction",
+          "reconstruction compares the neighbours' CLEAN labels and keeps the item's "
+          "own bank row: leaks ground truth", ("dcgmh",)),
+    Quirk("bn_unbiased_running_var",
+          "BatchNorm running variance from the unbiased batch variance "
+          "(x n/(n-1), PyTorch)", ("dcgmh",)),
+)
 DIAGNOSTIC_KEYS = ("items", "corrupted", "flagged", "true_positives", "reconstructed",
                    "reconstructed_correct", "unlabeled")
 
@@ -115,12 +135,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   check(isinstance(max_ratio, (int, float)) and not isinstance(max_ratio, bool)
         and 0.0 < max_ratio <= 1.0, "noise_ratio_max", max_ratio,
         "must be in (0, 1]: the largest estimated tau (static buffer size)")
-  for key in ("augment_whole_batch", "release_compat"):
-    check(isinstance(config.get(key, False), bool), key, config.get(key), "must be a bool")
-  check(not (config.get("release_compat", False)
+  check(isinstance(config.get("augment_whole_batch", False), bool), "augment_whole_batch",
+        config.get("augment_whole_batch"), "must be a bool")
+  quirks = active_quirks(config, "dcgmh")  # ConfigError naming config.release_compat
+  check(not ("augment_unlabeled_only" in quirks
              and config.get("augment_whole_batch", False)), "augment_whole_batch",
-        True, "release_compat=True augments the unlabeled items only (quirk b); "
-        "set augment_whole_batch=False")
+        True, "release_compat's augment_unlabeled_only augments the unlabeled items "
+        "only; set augment_whole_batch=False")
 
 
 def check_dtypes(config: ml_collections.ConfigDict) -> None:
@@ -220,28 +241,32 @@ class DcgmhMethod:
       true_noise_ratio: the injected noise ratio when known (logged beside
         the estimate; never used for training).
       train_truth_labels: the CLEAN training labels (N, C); used only by
-        release_compat (quirk c), which refuses to run without them.
+        release_compat's clean_label_reconstruction, which refuses to run
+        without them.
     """
     self.config = ml_collections.FrozenConfigDict(config)
     self.variant = objectives.VARIANTS[config.variant]
     num_classes = int(np.shape(train_labels)[1])
-    self.compat = bool(config.get("release_compat", False))
+    # release_compat: the active quirks of the DCGMH release (names).
+    self.quirks = frozenset(active_quirks(config, "dcgmh"))
     self.whole_batch = bool(config.get("augment_whole_batch", False))
     self.noise_ratio_max = float(config.get("noise_ratio_max", 0.5))
     self.compute_dtype = jnp.dtype(config.get("compute_dtype", "float32"))
     self.param_dtype = jnp.dtype(config.get("param_dtype", "float32"))
     self.train_truth = None
-    if self.compat:
+    if "clean_label_reconstruction" in self.quirks:
       if train_truth_labels is None:
         raise ConfigError(
-            "config.release_compat=True: the DCGMH release's label reconstruction "
-            "compares the neighbours' CLEAN labels (it leaks the ground truth); "
-            "this run's clean training labels are unknown, so it cannot be "
-            "reproduced. Set release_compat=False.")
+            f"config.release_compat={config.get('release_compat')!r}: the DCGMH "
+            "release's label reconstruction (clean_label_reconstruction) compares "
+            "the neighbours' CLEAN labels (it leaks ground truth); this run's clean "
+            "training labels are unknown, so it cannot be reproduced. Leave "
+            "clean_label_reconstruction out of config.release_compat.")
       self.train_truth = jnp.asarray(train_truth_labels, jnp.float32)
-    model = functools.partial(DcgmhNet, bits=config.bits, num_classes=num_classes,
-                              hidden=config.hidden, fused=config.fused,
-                              dtype=self.compute_dtype, param_dtype=self.param_dtype)
+    model = functools.partial(
+        DcgmhNet, bits=config.bits, num_classes=num_classes, hidden=config.hidden,
+        fused=config.fused, dtype=self.compute_dtype, param_dtype=self.param_dtype,
+        bn_unbiased_running_var="bn_unbiased_running_var" in self.quirks)
     self.model = model(axis_name=parallel.AXIS)
     self.eval_model = model()
     self.tx = make_optimizer(config)
@@ -256,8 +281,6 @@ class DcgmhMethod:
     # Values the run resolved from config and data (recorded with the config).
     self.resolved = {"noise_ratio": "auto" if noise_ratio is None else noise_ratio,
                      "fused": config.fused or 128 * config.bits}
-    if self.compat:
-      self.resolved["release_compat"] = RELEASE_COMPAT_NOTE
     self._encode = jax.jit(functools.partial(self.eval_model.apply, train=False))
     self._init = jax.jit(self._init_state)
 
@@ -298,9 +321,10 @@ class DcgmhMethod:
     row_ids = parallel.row_offset(local) + jnp.arange(local)
     labels_all = parallel.gather_rows(batch["labels"])
     index_all = parallel.gather_rows(batch["index"])
-    # release_compat (a): BN in inference mode after the release's first
-    # evaluation, as a traced flag (one program for every epoch).
-    bn_train = (context["epoch"] < RELEASE_FIRST_EVAL_EPOCH) if self.compat else True
+    # release_compat's bn_eval_after_first_eval: BN in inference mode after the
+    # release's first evaluation, as a traced flag (one program for every epoch).
+    bn_train = (context["epoch"] < RELEASE_FIRST_EVAL_EPOCH
+                if "bn_eval_after_first_eval" in self.quirks else True)
 
     def share(params):
       h, mutated = self.model.apply(
@@ -335,7 +359,7 @@ class DcgmhMethod:
       bank_sim, bank_clean = nf.update_bank(
           state.bank_sim, state.bank_clean, index_r, sim_r, noisy_r,
           refresh_clean=cfg.refresh_clean)
-      if variant.reconstruction and self.compat:
+      if variant.reconstruction and "clean_label_reconstruction" in self.quirks:
         new_labels, reconstructed = reconstruct_labels_release(
             sim_r, bank_sim, bank_clean, state.bank_labels, self.train_truth,
             k=cfg.k, noisy=noisy_r, labels=labels_all)
@@ -462,18 +486,23 @@ class DcgmhMethod:
                    train: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """With τ estimated per epoch: τ̂ from every training item's label margin
     under the current model (noise_filter.margin_noise_ratio), as a per-item
-    column of equal values (the loop indexes extras by batch rows)."""
+    column of equal values (the loop indexes extras by batch rows). Each
+    process encodes its share of the items; the margins are exchanged."""
     if not self.epoch_estimate or self.phase(epoch) != "robust":
       return {}
+    n = len(train["labels"])
+    start, stop = parallel.process_rows(n)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     h = pipeline.map_batches(lambda b: self._encode(variables, b["image"], b["text"]),
-                             {"image": train["image"], "text": train["text"]},
+                             {"image": train["image"][start:stop],
+                              "text": train["text"][start:stop]},
                              self.config.eval_batch_size)
     sim = nf.center_similarity(jnp.asarray(h, jnp.float32),
                                jnp.asarray(state.params["centers"], jnp.float32))
-    ratio = nf.margin_noise_ratio(sim, jnp.asarray(train["labels"]),
-                                  threshold=self.config.noise_ratio_margin)
-    return {"noise_ratio": np.full(len(train["labels"]), float(ratio), np.float32)}
+    margins = nf.label_margins(sim, jnp.asarray(train["labels"][start:stop]))
+    margins = parallel.gather_process_rows(np.asarray(margins), n)
+    ratio = nf.noise_ratio_from_margins(margins, threshold=self.config.noise_ratio_margin)
+    return {"noise_ratio": np.full(n, float(ratio), np.float32)}
 
   def epoch_summary(self, state: DcgmhState, epoch: int,
                     extras: Mapping[str, np.ndarray],
@@ -515,7 +544,8 @@ class DcgmhMethod:
 
 def reconstruct_labels_release(sim, bank_sim, bank_clean, bank_labels, truth_labels,
                                *, k, noisy, labels):
-  """release_compat (c): the release's reconstruction, ground-truth leak included.
+  """release_compat's clean_label_reconstruction: the release's reconstruction,
+  ground-truth leak included.
 
   For each noisy item: its k bank rows with the largest <s_i, bank_sim_n>
   (own row NOT excluded; ties → lower index); reconstructed iff all k are
@@ -539,8 +569,8 @@ def reconstruct_labels_release(sim, bank_sim, bank_clean, bank_labels, truth_lab
 def build(config: ml_collections.ConfigDict, data) -> DcgmhMethod:
   """The method for a run's config and data (common.experiment calls this)."""
   true_ratio = float(np.mean(data.corrupted)) if data.truth_known else None
-  truth = (data.splits.train.labels if config.get("release_compat", False)
-           and data.truth_known else None)
+  truth = (data.splits.train.labels if "clean_label_reconstruction" in
+           active_quirks(config, "dcgmh") and data.truth_known else None)
   return DcgmhMethod(config, image_dim=data.splits.image_dim,
                      text_dim=data.splits.text_dim, train_labels=data.train_labels,
                      noise_ratio=resolve_noise_ratio(config, data),
@@ -553,7 +583,8 @@ def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any]
   bank's labels are placeholders of the right shape, restored from the checkpoint)."""
   ratio = resolved.get("noise_ratio")
   shape = (resolved["train_items"], resolved["num_classes"])
-  placeholder = np.zeros(shape, np.float32) if config.get("release_compat") else None
+  placeholder = (np.zeros(shape, np.float32) if "clean_label_reconstruction" in
+                 active_quirks(config, "dcgmh") else None)
   return DcgmhMethod(config, image_dim=resolved["image_dim"],
                      text_dim=resolved["text_dim"],
                      train_labels=np.zeros((resolved["train_items"],

@@ -8,6 +8,8 @@ Errors raised with `config.<key>` in the message are shown as `--config.<key>`.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import re
 import sys
@@ -113,6 +115,9 @@ def trainer_main(method: str) -> Callable[[list[str]], None]:
   def main(argv):
     start(argv)
     from common import experiment  # after start-up: JAX is configured by now
+    # The imported stack is permanent: keep it out of every GC pass of the run
+    # (full passes over it cost 0.6-1.0 s in a small run).
+    gc.freeze()
     config = FLAGS.config
     if config.method != method:
       raise flags.ValidationError(
@@ -168,4 +173,7 @@ def run_main(main: Callable[[list[str]], None]) -> None:
       if os.environ.get("NHJ_TRACEBACK"):
         raise
       _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+  # Registered first, so it runs last: no collection pass over the whole
+  # interpreter at exit (0.4 s; the process is ending anyway).
+  atexit.register(gc.freeze)
   app.run(guarded, flags_parser=_parse_flags)

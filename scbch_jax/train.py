@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from common import parallel
-from common.codes import to_codes
+from common.codes import l2_normalize, to_codes
 from common.data import pipeline
 from common.run_config import check, check_choice, check_positive, check_widths
 from scbch_jax import cscc
@@ -47,6 +47,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "cscc_start_epoch", config.cscc_start_epoch, "must be an integer >= 0")
   check_widths(config, "image_hidden")
   check_widths(config, "text_hidden")
+  check_choice(config, "cscc_dtype", ("float32", "bfloat16"))
   for key in ("compute_dtype", "param_dtype"):
     check(config.get(key, "float32") in ("float32", "bfloat16"), key,
           config.get(key), "expected one of ('float32', 'bfloat16')")
@@ -179,6 +180,11 @@ class ScbchMethod:
     start, stop = parallel.process_rows(n)
     u, v = self.encode_continuous(state.params, train["image"][start:stop],
                                   train["text"][start:stop])
+    if self.config.cscc_dtype != "float32":
+      # The N-row matrix every host holds, compact: unit rows (CSCC's cosine
+      # is scale-free) rounded to cscc_dtype; the CSCC math stays float32.
+      u, v = (np.asarray(l2_normalize(x), np.float32).astype(
+          jnp.dtype(self.config.cscc_dtype)) for x in (u, v))
     u, v = parallel.gather_process_rows(u, n), parallel.gather_process_rows(v, n)
     weights = cscc.neighbour_consistency_weights(
         u, v, np.asarray(train["labels"], np.float32), k=self.config.k,

@@ -1,14 +1,18 @@
 """config.release_compat for DCGMH: each release quirk against a reference of
 the release's behaviour; compat off keeps the default path."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
 from common import parallel
 from common.run_config import ConfigError
 from configs import dcgmh as dcgmh_configs
+from dcgmh_jax import model as model_lib
 from dcgmh_jax import objectives
 from dcgmh_jax import train as train_lib
 from dcgmh_jax.train import DcgmhMethod
@@ -54,13 +58,21 @@ def _step(method, state, batch, epoch, phase, devices=1):
 
 
 def test_refused_without_the_truth_and_labelled_as_a_leak():
-  with pytest.raises(ConfigError, match="release_compat"):
-    _method(truth=False, release_compat=True)
-  method = _method(release_compat=True)
-  assert "leaks ground truth" in method.resolved["release_compat"]
-  assert "release_compat" not in _method().resolved
-  with pytest.raises(ConfigError, match="config.augment_whole_batch"):
-    train_lib.check_config(_config(release_compat=True, augment_whole_batch=True))
+  for value in (True, "bn_eval_after_first_eval,clean_label_reconstruction"):
+    with pytest.raises(ConfigError, match=r"config\.release_compat=.*leaks ground truth"):
+      _method(truth=False, release_compat=value)
+  # The other quirks need no truth.
+  assert _method(truth=False, release_compat="bn_eval_after_first_eval,"
+                 "bn_unbiased_running_var").train_truth is None
+  assert _method(release_compat=True).quirks == (
+      set(train_lib.RELEASE_QUIRKS) | {"partial_last_batch", "eval_every_5"})
+  assert "leaks ground truth" in train_lib.RELEASE_QUIRKS["clean_label_reconstruction"].label
+  assert not _method().quirks and "release_compat" not in _method().resolved
+  for value in (True, "augment_unlabeled_only"):
+    with pytest.raises(ConfigError, match="config.augment_whole_batch"):
+      train_lib.check_config(_config(release_compat=value, augment_whole_batch=True))
+  train_lib.check_config(_config(release_compat="bn_eval_after_first_eval",
+                                 augment_whole_batch=True))
 
 
 @pytest.mark.parametrize("epoch", [4, 5, 9])
@@ -68,7 +80,7 @@ def test_a_batchnorm_in_inference_mode_from_epoch_5(epoch):
   """Warm-up step: from epoch 5 the update equals plain SGD on the loss of the
   network with RUNNING statistics, which stay unchanged; before it, the step
   equals the default (training-mode BN) step bit for bit."""
-  method = _method(release_compat=True, warmup_epochs=20)
+  method = _method(release_compat="bn_eval_after_first_eval", warmup_epochs=20)
   state = jax.device_get(method.init_state())
   # Non-trivial running statistics.
   state = state.replace(batch_stats=jax.tree.map(
@@ -140,13 +152,108 @@ def test_compat_off_is_the_default_step_and_compat_robust_step_runs():
   batch = _batch()
   state = jax.device_get(_method().init_state())
   off, _ = _step(_method(), state, batch, 7, "robust")
-  explicit, _ = _step(_method(release_compat=False), state, batch, 7, "robust")
+  # Quirks that change nothing in the step (the loop's; the unlabeled-only
+  # augmented pass, already the default) leave it bit-identical.
+  same, _ = _step(_method(release_compat="partial_last_batch,eval_every_5,"
+                          "augment_unlabeled_only"), state, batch, 7, "robust")
   def arrays(st):
     return jax.tree.leaves((st.params, st.batch_stats, st.bank_sim, st.bank_clean))
-  for g, w in zip(arrays(off), arrays(explicit)):
+  for g, w in zip(arrays(off), arrays(same)):
     np.testing.assert_array_equal(g, w)
   on, metrics = _step(_method(release_compat=True), state, batch, 7, "robust",
                       devices=8)
   assert np.isfinite(metrics["loss"])
   for g, w in zip(jax.tree.leaves(on.batch_stats), jax.tree.leaves(state.batch_stats)):
     np.testing.assert_array_equal(g, w)  # epoch 7: BN in inference mode, no update
+
+
+# --- bn_unbiased_running_var: PyTorch's running variance ----------------------------
+
+
+def _bn(**kw):
+  return model_lib.BatchNorm(momentum=0.9, epsilon=1e-5, use_fast_variance=False, **kw)
+
+
+def _torch_batchnorm1d(x, running_mean, running_var, momentum=0.1, eps=1e-5):
+  """torch.nn.BatchNorm1d in training mode (weight 1, bias 0), in NumPy: the
+  output uses the biased batch variance, running_var the unbiased one."""
+  x = np.asarray(x, np.float64)
+  mean, n = x.mean(0), len(x)
+  biased = x.var(0)
+  unbiased = x.var(0, ddof=1) if n > 1 else np.zeros_like(biased)
+  out = (x - mean) / np.sqrt(biased + eps)
+  return (out, (1 - momentum) * running_mean + momentum * mean,
+          (1 - momentum) * running_var + momentum * unbiased)
+
+
+def test_unbiased_running_var_matches_pytorch_batchnorm():
+  x = np.random.default_rng(0).normal(2.0, 3.0, size=(6, 5)).astype(np.float32)
+  layer = _bn(unbiased_running_var=True)
+  variables = layer.init(jax.random.key(0), x, True)
+  stats = {"mean": np.linspace(-1, 1, 5, dtype=np.float32),
+           "var": np.linspace(0.5, 2, 5, dtype=np.float32)}
+  variables = {**variables, "batch_stats": stats}
+  out, mutated = layer.apply(variables, x, False, mutable=["batch_stats"])
+  want_out, want_mean, want_var = _torch_batchnorm1d(x, stats["mean"], stats["var"])
+  np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(mutated["batch_stats"]["mean"], want_mean, rtol=1e-6)
+  np.testing.assert_allclose(mutated["batch_stats"]["var"], want_var, rtol=1e-6)
+  # Off: flax's nn.BatchNorm bit for bit (its own code path), biased running var.
+  off_out, off = _bn().apply(variables, x, False, mutable=["batch_stats"])
+  flax_out, flax = nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_fast_variance=False
+                                ).apply(variables, x, False, mutable=["batch_stats"])
+  np.testing.assert_array_equal(off_out, flax_out)
+  jax.tree.map(np.testing.assert_array_equal, off, flax)
+  np.testing.assert_allclose(off["batch_stats"]["var"],
+                             0.9 * stats["var"] + 0.1 * x.var(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2, 5, 6, 7, 9, 15], [10]])
+def test_unbiased_running_var_counts_the_masked_rows_of_all_devices(rows):
+  """The augmented pass's BN: statistics of the masked rows over 8 devices
+  (2 rows each, devices holding 0, 1 or 2 of them); n is their global count
+  (one row: variance 0, where PyTorch raises)."""
+  x = np.random.default_rng(1).normal(size=(16, 3)).astype(np.float32)
+  mask = np.zeros(16, bool)
+  mask[rows] = True
+  layer = _bn(unbiased_running_var=True, axis_name="data")
+  variables = _bn().init(jax.random.key(0), x, True)
+  mesh = jax.make_mesh((8,), ("data",))
+  body = lambda v, a, m: layer.apply(v, a, False, mask=m, mutable=["batch_stats"])
+  rows = NamedSharding(mesh, P("data"))
+  out, mutated = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P("data"), P("data")),
+                                       out_specs=(P("data"), P())))(
+      jax.device_put(variables, NamedSharding(mesh, P())), jax.device_put(x, rows),
+      jax.device_put(mask, rows))
+  want_out, want_mean, want_var = _torch_batchnorm1d(x[mask], 0.0, 1.0)
+  np.testing.assert_allclose(np.asarray(out)[mask], want_out, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(mutated["batch_stats"]["mean"], want_mean, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(mutated["batch_stats"]["var"], want_var, rtol=1e-5)
+
+
+def test_unbiased_running_var_in_a_step():
+  """One training step (8 devices, global batch B): the same parameters as the
+  default step (training-mode normalisation is unchanged) and every running
+  variance blended with the batch variance times B/(B−1)."""
+  batch = _batch()
+  state = jax.device_get(_method().init_state())
+  off, _ = _step(_method(warmup_epochs=20), state, batch, 0, "warmup", devices=8)
+  on, _ = _step(_method(warmup_epochs=20, release_compat="bn_unbiased_running_var"),
+                state, batch, 0, "warmup", devices=8)
+  for g, w in zip(jax.tree.leaves(on.params), jax.tree.leaves(off.params)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  flat = lambda t: flax_paths(t)
+  old, got, biased = flat(state.batch_stats), flat(on.batch_stats), flat(off.batch_stats)
+  assert len(old) == 10 and {k[-1] for k in old} == {"mean", "var"}  # 5 BN layers
+  for key in old:
+    if key[-1] == "mean":
+      np.testing.assert_allclose(got[key], biased[key], rtol=1e-5, atol=1e-6)
+    else:  # biased = 0.9 old + 0.1 v  ->  want = 0.9 old + 0.1 v B/(B-1)
+      batch_var = (biased[key] - 0.9 * old[key]) / 0.1
+      np.testing.assert_allclose(got[key], 0.9 * old[key] + 0.1 * batch_var * B / (B - 1),
+                                 rtol=1e-4, atol=1e-6)
+
+
+def flax_paths(tree):
+  return {tuple(getattr(k, "key", k) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}

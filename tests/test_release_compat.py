@@ -3,7 +3,8 @@
 Each quirk is checked against what the loop records (metrics.jsonl, the
 batches the pipeline yields, the selected step), with the default
 (release_compat=False) as the reference: evaluation AFTER epochs, the last
-partial batch dropped, the configured selection and eval schedule.
+partial batch dropped, the configured selection and eval schedule. True
+selects every quirk of the method; a comma-separated string only those.
 """
 
 import json
@@ -12,7 +13,10 @@ import os
 import numpy as np
 import pytest
 
+from common import evaluation
 from common import experiment
+from common import plots
+from common import train_loop
 from common.data import pipeline
 from common.reporting import read_jsonl
 from common.run_config import ConfigError
@@ -101,15 +105,19 @@ def test_scbch_release_loop_evaluates_at_epoch_starts_selects_on_test_and_trains
       {k: v["map"] for k, v in best.items() if isinstance(v, dict) and "map" in v})
 
   # Labelled everywhere: settings, the results file, run_summary, the table line.
-  assert "START of each epoch" in settings["release_compat"]
-  assert "partial last batch" in settings["release_compat"]
+  assert list(settings["release_compat"]) == ["partial_last_batch", "eval_at_epoch_start"]
+  assert "START of each epoch" in settings["release_compat"]["eval_at_epoch_start"]
+  assert "partial last batch" in settings["release_compat"]["partial_last_batch"]
   with open(os.path.join(workdir, "scbch_final_results.json")) as f:
     assert json.load(f)["settings"]["release_compat"] == settings["release_compat"]
   with open(os.path.join(workdir, "run_summary.json")) as f:
     summary = json.load(f)
   assert summary["release_compat"] == settings["release_compat"]
   assert summary["selected_step"] == best["step"]
-  assert any("RELEASE_COMPAT" in line and "TEST QUERIES" in line for line in lines)
+  assert any("RELEASE_COMPAT: partial_last_batch (" in line and "TEST QUERIES" in line
+             for line in lines)
+  assert any("[release_compat: partial_last_batch, eval_at_epoch_start]" in line
+             for line in lines)   # the table
 
 
 def test_scbch_release_loop_resumes_exactly_inside_the_partial_batch(tmp_path):
@@ -162,8 +170,11 @@ def test_dcgmh_release_loop_evaluates_every_5_epochs_and_at_the_end(tmp_path,
   settings = results["settings"]
   assert settings["selection"] == "last"
   assert settings["selected_step"] == 6 * (FULL + 1)
-  assert "every 5 epochs" in settings["release_compat"]
-  assert "partial last batch" in settings["release_compat"]
+  assert list(settings["release_compat"]) == [
+      "partial_last_batch", "eval_every_5", "bn_eval_after_first_eval",
+      "augment_unlabeled_only", "clean_label_reconstruction", "bn_unbiased_running_var"]
+  assert "every 5 epochs" in settings["release_compat"]["eval_every_5"]
+  assert "leaks ground truth" in settings["release_compat"]["clean_label_reconstruction"]
 
 
 @pytest.mark.parametrize("selection", ["val"])
@@ -179,3 +190,95 @@ def test_partial_batch_must_divide_over_the_devices(tmp_path):
   with pytest.raises(ConfigError, match=r"config\.batch_size.*20 rows.*8 devices"):
     experiment.run(_scbch(train_size=260), str(tmp_path / "w"), log=lambda _: None)
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+# --- one key per quirk ---------------------------------------------------------------
+
+
+def test_registries_name_every_quirk_with_a_label_and_its_methods():
+  scbch = train_loop.method_quirks("scbch")
+  dcgmh = train_loop.method_quirks("dcgmh")
+  assert list(scbch) == ["partial_last_batch", "eval_at_epoch_start"]
+  assert list(dcgmh) == ["partial_last_batch", "eval_every_5", "bn_eval_after_first_eval",
+                         "augment_unlabeled_only", "clean_label_reconstruction",
+                         "bn_unbiased_running_var"]
+  for name, quirk in {**scbch, **dcgmh}.items():
+    assert quirk.name == name and quirk.label and "\n" not in quirk.label
+  assert train_loop.LOOP_QUIRKS["partial_last_batch"].methods is None  # both releases
+  assert train_loop.LOOP_QUIRKS["eval_at_epoch_start"].methods == ("scbch",)
+  assert train_loop.LOOP_QUIRKS["eval_every_5"].methods == ("dcgmh",)
+
+
+@pytest.mark.parametrize("method, value, want", [
+    ("scbch", False, dict(selection="last", eval_every=0, eval_at_epoch_start=False,
+                          keep_partial=False, release_compat=None)),
+    ("scbch", "partial_last_batch", dict(selection="last", eval_every=0,
+                                         eval_at_epoch_start=False, keep_partial=True)),
+    ("scbch", "eval_at_epoch_start", dict(selection="test_queries", eval_every=1,
+                                          eval_at_epoch_start=True, keep_partial=False)),
+    ("scbch", True, dict(selection="test_queries", eval_every=1, eval_at_epoch_start=True,
+                         keep_partial=True)),
+    ("dcgmh", "eval_every_5", dict(selection="last", eval_every=5, keep_partial=False)),
+    ("dcgmh", " bn_unbiased_running_var , partial_last_batch", dict(
+        selection="last", eval_every=0, keep_partial=True,
+        release_compat=["partial_last_batch", "bn_unbiased_running_var"])),
+    ("dcgmh", "clean_label_reconstruction", dict(
+        selection="last", eval_every=0, keep_partial=False,
+        release_compat=["clean_label_reconstruction"])),
+])
+def test_each_quirk_sets_only_its_part_of_the_loop(method, value, want):
+  config = (_scbch if method == "scbch" else _dcgmh)(release_compat=value)
+  plan = train_loop.loop_plan(config, method)
+  want = dict(want)
+  names = want.pop("release_compat", None if value is False else
+                   list(train_loop.method_quirks(method)) if value is True else [value])
+  assert plan.release_compat is None if names is None else list(plan.release_compat) == names
+  for key, value in want.items():
+    assert getattr(plan, key) == value, key
+
+
+@pytest.mark.parametrize("method, value, match", [
+    ("scbch", "bn_eval_after_first_eval", r"quirk of the DCGMH release.*valid for SCBCH.*"
+     r"partial_last_batch, eval_at_epoch_start"),
+    ("dcgmh", "eval_at_epoch_start", r"quirk of the SCBCH release.*valid for DCGMH.*"
+     r"bn_unbiased_running_var"),
+    ("dcgmh", "partial_last_batch,bn_eval_after_1st_eval",
+     r"unknown quirk 'bn_eval_after_1st_eval'.*valid for DCGMH"),
+    ("scbch", "", r"expected a bool or quirk names"),
+    ("scbch", 1, r"expected a bool or quirk names"),
+])
+def test_a_bad_quirk_name_is_refused_before_any_compute(tmp_path, method, value, match):
+  config = (_scbch if method == "scbch" else _dcgmh)(release_compat=value)
+  with pytest.raises(ConfigError, match=r"config\.release_compat=.*" + match):
+    experiment.run(config, str(tmp_path / "w"), log=lambda _: None)
+  assert not os.path.exists(tmp_path / "w" / "config.json")
+
+
+def test_the_start_of_epoch_quirk_alone_keeps_full_batches(tmp_path, batch_sizes):
+  workdir = str(tmp_path / "run")
+  lines = []
+  results = experiment.run(_scbch(release_compat="eval_at_epoch_start", epochs=2),
+                           workdir, log=lines.append)
+  assert batch_sizes == {e: [B] * FULL for e in range(2)}   # partial batch dropped
+  evals = _records(workdir, "eval")
+  assert [r["step"] for r in evals] == [0, FULL]
+  assert all(r["at"] == "epoch_start" for r in evals)
+  assert list(results["settings"]["release_compat"]) == ["eval_at_epoch_start"]
+  assert results["settings"]["selection"] == "test_queries"
+  assert any("[release_compat: eval_at_epoch_start]" in line for line in lines)
+
+
+def test_labels_in_tables_and_plot_titles():
+  labels = {n: q.label for n, q in train_loop.method_quirks("dcgmh").items()}
+  short = plots.release_compat_note(labels)
+  assert short.startswith("[release_compat: partial_last_batch, eval_every_5, ")
+  assert "clean_label_reconstruction (leaks ground truth)" in short
+  long = plots.release_compat_note(labels, labels=True)
+  assert all(f"{n} ({l})" in long for n, l in labels.items())
+  assert plots.release_compat_note(None) == plots.release_compat_note({}) == ""
+  assert plots.release_compat_note("an older run's note") == "[release_compat]"
+  title = plots.titled("PR by Hamming radius", short)
+  assert title.count("\n") >= 2 and all(len(l) <= 64 for l in title.split("\n")[1:])
+  results = {"fused": {"map": 0.5, "precision_at": {"n": [1, 2], "precision": [1.0, 0.5]}},
+             "settings": {"ties": "index", "release_compat": {"eval_every_5": "x"}}}
+  assert evaluation.format_table(results).splitlines()[-1] == "[release_compat: eval_every_5]"

@@ -167,12 +167,15 @@ def _tiny(method, **overrides):
   return config
 
 
-@pytest.mark.parametrize("method,overrides", [
-    ("scbch", dict(selection="val", val_size=40)),
-    ("dcgmh", dict(noise_ratio="auto")),
+# mid_epoch: a checkpoint inside epoch 2, which holds that epoch's extras
+# (SCBCH: 216 items after the val split, 6 steps an epoch; DCGMH: 8).
+@pytest.mark.parametrize("method,overrides,mid_epoch", [
+    ("scbch", dict(selection="val", val_size=40), 8),
+    ("dcgmh", dict(noise_ratio="auto"), 12),
 ])
 def test_storage_input_trains_exactly_as_memory_input(tmp_path, tfds_dir, method,
-                                                      overrides, restore_checkpoint):
+                                                      overrides, mid_epoch,
+                                                      restore_checkpoint):
   runs = {}
   for mode, dataset in (("memory", "synthetic:tiny"), ("storage", "tfds:synthetic_tiny")):
     config = _tiny(method, dataset=dataset, tfds_dir=tfds_dir, input=mode, **overrides)
@@ -181,8 +184,8 @@ def test_storage_input_trains_exactly_as_memory_input(tmp_path, tfds_dir, method
   assert directions
   for k in directions:
     assert runs["storage"][k]["map"] == runs["memory"][k]["map"]
-  steps = sorted(int(p.name) for p in (tmp_path / "memory" / "checkpoints").iterdir()
-                 if p.name.isdigit())
+  steps = [mid_epoch, max(int(p.name) for p in (tmp_path / "memory" / "checkpoints").iterdir()
+                   if p.name.isdigit())]
   with_extras = 0
   for step in steps:  # params, and mid-epoch the per-item extras (CSCC weights / τ̂)
     (pm, em), (ps, es) = (restore_checkpoint(tmp_path / mode, step)
