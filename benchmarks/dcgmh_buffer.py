@@ -21,24 +21,17 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import bench_util  # noqa: E402
-from common import parallel  # noqa: E402
-from configs import dcgmh as dcgmh_configs  # noqa: E402
-from dcgmh_jax.train import DcgmhMethod  # noqa: E402
+from benchmarks import dcgmh_step  # noqa: E402
 
 D_IMG, D_TXT, C, BITS, WIDTH, BANK = 512, 256, 24, 32, 512, 10_000
 BATCHES = (48, 1024, 4096)
 
 
 def robust_step_seconds(batch: int, whole_batch: bool, repeats: int) -> tuple[float, float]:
-  config = dcgmh_configs.get_config("synthetic:tiny")
-  config.update(dict(bits=BITS, hidden=WIDTH, fused=WIDTH, warmup_epochs=0,
-                     batch_size=batch, augment_whole_batch=whole_batch))
-  rng = np.random.default_rng(0)
-  labels = (rng.random((BANK, C)) < 0.1).astype(np.float32)
-  method = DcgmhMethod(config, image_dim=D_IMG, text_dim=D_TXT, train_labels=labels,
-                       noise_ratio=0.4)
-  dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:1]),
-                             max_phases=len(method.phases))
+  method, dp, labels, rng = dcgmh_step.one_device_method(
+      dict(bits=BITS, hidden=WIDTH, fused=WIDTH, warmup_epochs=0, batch_size=batch,
+           augment_whole_batch=whole_batch),
+      image_dim=D_IMG, text_dim=D_TXT, bank=BANK, num_classes=C)
   idx = np.arange(batch, dtype=np.int32) % BANK
   data = dp.put_rows({"image": rng.random((batch, D_IMG), np.float32),
                       "text": (rng.random((batch, D_TXT)) < 0.05).astype(np.float32),

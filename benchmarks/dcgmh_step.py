@@ -36,6 +36,21 @@ SETTINGS = [
 ]
 
 
+def one_device_method(overrides, *, image_dim: int, text_dim: int, bank: int,
+                      num_classes: int):
+  """(DcgmhMethod at τ = 0.4 on random bank labels, its one-device shard_map
+  driver, the labels, the rng that drew them) for a step benchmark."""
+  config = dcgmh_configs.get_config("synthetic:tiny")
+  config.update(overrides)
+  rng = np.random.default_rng(0)
+  labels = (rng.random((bank, num_classes)) < 0.1).astype(np.float32)
+  method = DcgmhMethod(config, image_dim=image_dim, text_dim=text_dim,
+                       train_labels=labels, noise_ratio=0.4)
+  dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:1]),
+                             max_phases=len(method.phases))
+  return method, dp, labels, rng
+
+
 def filter_only(batch: int, key) -> float:
   """Median seconds of the filter + bank update + reconstruction alone."""
   k1, k2, k3, k4 = jax.random.split(key, 4)
@@ -61,15 +76,9 @@ def filter_only(batch: int, key) -> float:
 
 
 def bench(hidden, fused, batch, repeats):
-  config = dcgmh_configs.get_config("synthetic:tiny")
-  config.update(dict(bits=BITS, hidden=hidden, fused=fused, warmup_epochs=1,
-                     batch_size=batch))
-  rng = np.random.default_rng(0)
-  labels = (rng.random((BANK, C)) < 0.1).astype(np.float32)
-  method = DcgmhMethod(config, image_dim=D_IMG, text_dim=D_TXT, train_labels=labels,
-                       noise_ratio=0.4)
-  dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:1]),
-                             max_phases=len(method.phases))
+  method, dp, labels, rng = one_device_method(
+      dict(bits=BITS, hidden=hidden, fused=fused, warmup_epochs=1, batch_size=batch),
+      image_dim=D_IMG, text_dim=D_TXT, bank=BANK, num_classes=C)
   idx = rng.permutation(BANK)[:batch].astype(np.int32) if batch <= BANK else \
       np.arange(batch, dtype=np.int32) % BANK
   data = dp.put_rows({"image": rng.random((batch, D_IMG), np.float32),

@@ -83,8 +83,6 @@ class StoredRows:
 class StoredColumn:
   """One (N, d) float32 feature column of a StoredRows, optionally a row subset."""
 
-  __array_priority__ = 1.0
-
   def __init__(self, reader: StoredRows, name: str, rows: np.ndarray | None = None):
     self.reader = reader
     self.name = name
