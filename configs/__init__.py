@@ -5,3 +5,65 @@
 Each file declares every key of one method's run once (data, noise, loop and
 hyperparameters); the argument after ':' picks a dataset preset.
 """
+
+from __future__ import annotations
+
+import importlib
+
+METHODS = ("scbch", "dcgmh")
+
+
+def key_docs(method: str) -> dict[str, str]:
+  """{key: one line of doc} for every key of configs/<method>.py's configs:
+  the shared keys' docs (configs/base.py DOCS) and the method's own (DOCS of
+  configs/<method>.py)."""
+  from configs import base
+  own = getattr(importlib.import_module(f"configs.{method}"), "DOCS", {})
+  return {**base.DOCS, **own}
+
+
+def format_value(value) -> str:
+  """A config value as it is written on the command line."""
+  if isinstance(value, (tuple, list)):
+    return ",".join(str(v) for v in value) + ("," if len(value) == 1 else "")
+  return "None" if value is None else str(value)
+
+
+def describe(config) -> list[tuple[str, str, str]]:
+  """(key, value as on the command line, doc) for every key of `config`, in
+  the config's order; KeyError naming a key with no documentation."""
+  docs = key_docs(config.method)
+  missing = [k for k in config.keys() if k not in docs]
+  if missing:
+    raise KeyError(f"configs/{config.method}.py: keys without a DOCS line: {missing}")
+  return [(k, format_value(config[k]), docs[k]) for k in config.keys()]
+
+
+def markdown_table() -> str:
+  """docs/config.md's key table: every key of every method's default config,
+  its default per method and its doc (generated: `python -m configs`)."""
+  rows, values = {}, {}
+  for method in METHODS:
+    config = importlib.import_module(f"configs.{method}").get_config()
+    for key, value, doc in describe(config):
+      rows.setdefault(key, doc if key not in rows else rows[key])
+      values.setdefault(key, {})[method] = value
+  own = {m: set(getattr(importlib.import_module(f"configs.{m}"), "DOCS", {}))
+         for m in METHODS}
+  lines = ["| key | " + " | ".join(METHODS) + " | meaning |",
+           "|---|" + "---|" * len(METHODS) + "---|"]
+  for key, doc in rows.items():
+    if sum(key in own[m] for m in METHODS) > 1:   # same name, per-method meaning
+      for m in METHODS:
+        if key in own[m]:
+          cells = [f"`{values[key][x]}`" if x == m else "—" for x in METHODS]
+          mdoc = importlib.import_module(f"configs.{m}").DOCS[key]
+          lines.append(f"| `config.{key}` | " + " | ".join(cells) + f" | {m.upper()}: {mdoc} |")
+      continue
+    cells = [f"`{values[key][m]}`" if m in values[key] else "—" for m in METHODS]
+    lines.append(f"| `config.{key}` | " + " | ".join(cells) + f" | {doc} |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  print(markdown_table(), end="")
