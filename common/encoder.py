@@ -293,12 +293,12 @@ def load_inputs(spec: str, *, split: str = "database", flag: str = "data",
     raise FileNotFoundError(f"--{flag}: no file at {spec!r} (an .npz, or "
                             "folder:<path> for the generic data layout)")
   wanted = ("image", "text", "ids", "labels") + (("codes",) if allowed_codes else ())
-  try:
-    with np.load(spec, allow_pickle=False) as z:
-      present = sorted(z.files)
-      out = {k: z[k] for k in wanted if k in present}
-  except (ValueError, OSError, EOFError) as e:
-    raise ValueError(f"--{flag}={spec}: cannot be read as a NumPy .npz ({e})") from e
+  from common.data import matio  # pylint: disable=g-import-not-at-top
+  try:  # headers checked against the file's size before anything is read
+    present = sorted(matio.check_npz(spec))
+    out = matio.load_npz(spec, wanted)
+  except ValueError as e:
+    raise ValueError(f"--{flag}={spec}: {e}") from e
   need = ("image", "text") + (("codes",) if allowed_codes else ())
   if not any(k in out for k in need):
     raise KeyError(f"--{flag}={spec}: needs key " + " or ".join(repr(k) for k in need)

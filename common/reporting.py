@@ -60,12 +60,9 @@ def _drop_after(path: str, last_step: int) -> None:
       raise
     if record["step"] <= last_step:
       kept.append(line + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  # A unique temporary name beside the file (mkstemp: never a planted link).
+  from common import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.atomic_write_text(path, "".join(kept))
 
 
 class MetricsWriter:

@@ -56,6 +56,20 @@ _OUT = flags.DEFINE_string(
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Rows per encoding batch (default: the run's "
     "config.eval_batch_size).", lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an existing --out file (refused otherwise).")
+
+
+def check_out_file(out: str, overwrite: bool) -> None:
+  """--out must end in .json/.csv, not be a folder, and be new unless overwrite."""
+  if not out.endswith((".json", ".csv")):
+    raise ValueError(f"--out={out}: must end in .json or .csv")
+  if os.path.isdir(out):
+    raise ValueError(f"--out={out}: is a folder; give a file name ending in "
+                     ".json or .csv")
+  if os.path.lexists(out) and not overwrite:
+    raise ValueError(f"--out={out}: exists; pass --overwrite to replace it, or "
+                     "choose another name")
 
 
 def _index_meta(folder: str) -> dict:
@@ -168,14 +182,22 @@ def write_hits(hits: dict, out: str) -> None:
     workdir_lib.atomic_write_json(out, {key: hits[key] for key in
                                         ("direction", "k", "radius", "queries")})
     return
-  tmp = f"{out}.tmp-{os.getpid()}"
-  with open(tmp, "w", newline="", encoding="utf-8") as f:
+  def write_csv(f):
     writer = csv.writer(f)
     writer.writerow(["query", "rank", "id", "distance"])
     for q in hits["queries"]:
       for rank, (i, d) in enumerate(zip(q["ids"], q["distances"]), start=1):
         writer.writerow([q["query"], rank, i, d])
-  os.replace(tmp, out)
+  # A unique temporary file beside `out` (mkstemp: never a planted link),
+  # fsynced and renamed over it, with the mode the umask gives.
+  workdir_lib.atomic_write_text(out, _csv_text(write_csv))
+
+
+def _csv_text(write) -> str:
+  import io  # pylint: disable=g-import-not-at-top
+  buffer = io.StringIO(newline="")
+  write(buffer)
+  return buffer.getvalue()
 
 
 def main(argv):
@@ -184,8 +206,7 @@ def main(argv):
   for name, flag in (("index", _INDEX), ("queries", _QUERIES), ("out", _OUT)):
     if not flag.value:
       raise ValueError(f"--{name} is required")
-  if not _OUT.value.endswith((".json", ".csv")):
-    raise ValueError(f"--out={_OUT.value}: must end in .json or .csv")
+  check_out_file(_OUT.value, _OVERWRITE.value)
   if flags.FLAGS["split"].present and not _QUERIES.value.startswith("folder:"):
     raise ValueError("--split applies to --queries=folder:<path> only")
   cli.quiet_library_logs()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zipfile
 
 import h5py
 import numpy as np
@@ -57,14 +56,10 @@ _Named = tuple[np.ndarray, str]
 
 
 def _npz_arrays(path: str, *, allowed: tuple[str, ...]) -> dict[str, _Named]:
-  matio.require_file(path)
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      present = sorted(z.files)
-      out = {k: (z[k], matio.where(path, k)) for k in present if k in allowed}
-  except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-    raise ValueError(f"file {path!r}: cannot be read as a NumPy .npz of "
-                     f"plain arrays ({e}).") from e
+  # Headers checked against the file's size first; errors name the file.
+  arrays = matio.load_npz(path, allowed)
+  present = sorted(matio.check_npz(path))
+  out = {k: (x, matio.where(path, k)) for k, x in arrays.items()}
   for key in present:
     if key not in allowed:
       raise ValueError(f"{matio.where(path, key)}: unexpected key; allowed "
@@ -81,7 +76,9 @@ def _h5_arrays(path: str) -> dict[str, dict[str, _Named]]:
   if not h5py.is_hdf5(path):
     raise ValueError(f"file {path!r}: not an HDF5 file.")
   parts = {}
-  with h5py.File(path, "r") as f:
+  # open_h5 refuses external links / storage and virtual datasets, and
+  # shapes the file cannot hold, before anything is read.
+  with matio.open_h5(path) as f:
     for part in _PARTS:
       allowed = _REQUIRED + (_OPTIONAL if part == "train" else ("ids",))
       group = f.get(part)
