@@ -22,7 +22,6 @@ Encoder passes one that places each padded batch sharded on the mesh.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
@@ -223,9 +222,8 @@ def read_record(workdir: str) -> dict:
     raise FileNotFoundError(f"workdir {workdir!r}: no such directory")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no run config at {path} (train in this workdir first)")
-  with open(path, encoding="utf-8") as f:
-    record = json.load(f)
-  if not isinstance(record, dict) or not isinstance(record.get("resolved"), dict):
+  record = run_config.read_json_object(path)
+  if not isinstance(record.get("resolved"), dict):
     raise ValueError(f"{path} has no 'resolved' values (written by an older version?); "
                      "re-run the training command in that workdir to rewrite it")
   return record

@@ -65,5 +65,35 @@ def markdown_table() -> str:
   return "\n".join(lines) + "\n"
 
 
+# Training items of the synthetic demo, whose schedule the default configs
+# (epochs, batch_size) are set for.
+DEMO_TRAIN_ITEMS = 4000
+
+
+def schedule_hint(config, train_items: int, *, factor: float = 3.0) -> str | None:
+  """One line when a run's schedule is far from its preset's: the total
+  optimisation steps (epochs x steps an epoch) below 1/factor of what the
+  method's default config trains on the demo's DEMO_TRAIN_ITEMS items, or
+  above factor times it. None for synthetic and benchmark data (their presets
+  are set for them) and for schedules near the preset's."""
+  dataset = str(config.dataset)
+  if not dataset.startswith(("folder:", "tfds:")) or train_items <= 0:
+    return None
+  default = importlib.import_module(f"configs.{config.method}").get_config()
+  reference = default.epochs * (DEMO_TRAIN_ITEMS // default.batch_size)
+  per_epoch = max(train_items // config.batch_size, 0)
+  total = per_epoch * config.epochs
+  if reference / factor <= total <= reference * factor:
+    return None
+  advice = ("raise config.epochs (or lower config.batch_size) if the results "
+            "fall short" if total < reference else
+            "fewer config.epochs may do, in less time")
+  return (f"note: {train_items} training items at config.batch_size="
+          f"{config.batch_size} are {per_epoch} steps an epoch, {total} steps in "
+          f"config.epochs={config.epochs}; the {config.method} preset trains "
+          f"{reference} ({default.epochs} epochs of {DEMO_TRAIN_ITEMS // default.batch_size}"
+          f" steps): {advice}.")
+
+
 if __name__ == "__main__":
   print(markdown_table(), end="")

@@ -157,6 +157,9 @@ def user_error_line(e: BaseException) -> str:
     if e.errno == errno.ENOSPC:
       what = "no space left on device"
     target = f" -> {e.filename2}" if e.filename2 is not None else ""
+    name = os.fsdecode(e.filename) if isinstance(e.filename, bytes) else str(e.filename)
+    if os.path.islink(name) and not os.path.exists(name):
+      what = f"a symbolic link to {os.readlink(name)!r}, which does not exist"
     return f"{e.filename}{target}: {what}"
   if isinstance(e, MemoryError):
     return f"out of memory{': ' + str(e) if str(e) else ''} (the input is too big for this machine)"

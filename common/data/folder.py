@@ -133,6 +133,10 @@ def _clean(part: str, arrays: dict[str, _Named]) -> dict[str, _Named]:
       out[key] = (x.astype(np.int64), where)
       continue
     x = _as_float_matrix(x, where)
+    if x.shape[1] == 0:
+      raise ValueError(f"{where}: 0 columns (shape {x.shape}); every item needs "
+                       + ("at least one feature." if key in _FEATURES
+                          else "at least one class column."))
     if key in _FEATURES:
       validation.check_finite(x, where=where)
     else:
@@ -200,8 +204,11 @@ def _split_all(path: str, query_size, train_size) -> dict[str, dict]:
   for arg, value in (("query_size", query_size), ("train_size", train_size)):
     if isinstance(value, (bool, np.bool_)) or not isinstance(
         value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{arg}={value!r}: a positive integer is required for "
-                       f"the single-file layout {path!r}.")
+      raise ValueError(
+          f"config.{arg}={value!r}: a positive integer is required for the "
+          f"single-file layout {path!r} (all.npz is cut into query, train and "
+          f"database rows by config.query_size and config.train_size; "
+          f"nhj-prepare-data: --{arg})")
   data = _clean("all", _npz_arrays(path, allowed=_REQUIRED + _OPTIONAL))
   total = data["labels"][0].shape[0]
   if query_size + train_size > total:
