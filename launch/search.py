@@ -15,7 +15,6 @@ as the evaluator ranks (np.argsort(dist, kind="stable")).
 from __future__ import annotations
 
 import csv
-import json
 import os
 
 from absl import app
@@ -74,8 +73,21 @@ def check_out_file(out: str, overwrite: bool) -> None:
 
 def _index_meta(folder: str) -> dict:
   """The user meta nhj-encode stored in an index folder's meta.json."""
-  with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
-    return json.load(f).get("meta") or {}
+  from common import run_config  # pylint: disable=g-import-not-at-top
+  return run_config.read_json_object(os.path.join(folder, "meta.json")).get("meta") or {}
+
+
+def _load_index(index_lib, folder: str):
+  """index_lib.load_index, a damaged index folder reported as one line."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    return index_lib.load_index(folder)
+  except (EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    if isinstance(e, FileNotFoundError) or str(e).startswith(("--", "file ")):
+      raise
+    raise ValueError(f"--index: {folder}: a damaged index ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''}); rebuild it "
+                     "with nhj-encode") from e
 
 
 def _index_folders(path: str) -> dict[str, str]:
@@ -138,7 +150,7 @@ def search(index_path: str, queries_spec: str, *, k: int = 10,
                         allowed_codes=True)
   direction = _direction(direction, folders, queries)
   query_modality, index_modality = DIRECTIONS[direction]
-  index = index_lib.load_index(folders[index_modality])
+  index = _load_index(index_lib, folders[index_modality])
   meta = index.meta
   if "codes" in queries:
     codes = np.asarray(queries["codes"])
