@@ -160,6 +160,10 @@ def user_error_line(e: BaseException) -> str:
     name = os.fsdecode(e.filename) if isinstance(e.filename, bytes) else str(e.filename)
     if os.path.islink(name) and not os.path.exists(name):
       what = f"a symbolic link to {os.readlink(name)!r}, which does not exist"
+    # An atomic write's temporary file (.<name>.<random>.tmp): name the target.
+    temporary = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", os.path.basename(name))
+    if temporary:
+      return f"{os.path.join(os.path.dirname(name), temporary.group(1))}: {what} (writing it)"
     return f"{e.filename}{target}: {what}"
   if isinstance(e, MemoryError):
     return f"out of memory{': ' + str(e) if str(e) else ''} (the input is too big for this machine)"

@@ -208,3 +208,25 @@ def test_schedule_hint_for_own_data_far_from_the_preset(method, items):
     assert "config.epochs" in hint and "config.batch_size" in hint
   config.dataset = "synthetic:demo"
   assert configs.schedule_hint(config, items) is None
+
+
+def test_os_errors_become_one_line_naming_the_path(tmp_path):
+  from launch import cli
+  os.symlink(tmp_path / "gone", tmp_path / "link")
+  cases = [
+      (OSError(errno.ENOSPC, "No space left on device",
+               str(tmp_path / ".scbch_final_results.json.k3j_x9q2.tmp")),
+       f"{tmp_path / 'scbch_final_results.json'}: no space left on device (writing it)"),
+      (OSError(errno.EROFS, "Read-only file system", str(tmp_path / "config.json")),
+       f"{tmp_path / 'config.json'}: Read-only file system"),
+      (FileExistsError(errno.EEXIST, "File exists", str(tmp_path / "link")),
+       f"{tmp_path / 'link'}: a symbolic link to '{tmp_path / 'gone'}', which does "
+       "not exist"),
+      (KeyError("config.json: key 'x' missing"), "config.json: key 'x' missing"),
+  ]
+  for error, expected in cases:
+    assert cli.user_error_line(error) == expected
+  assert issubclass(MemoryError, cli.USER_ERRORS)
+  import zipfile
+  assert issubclass(zipfile.BadZipFile, cli.USER_ERRORS)
+  assert issubclass(PermissionError, cli.USER_ERRORS)

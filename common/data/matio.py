@@ -365,7 +365,7 @@ def check_npz(path: str) -> list[str]:
         names.append(name)
       return names
   except zipfile.BadZipFile as e:
-    raise ValueError(f"file {path!r}: not a readable .npz archive ({e}); it is "
+    raise ValueError(f"file {path!r}: cannot be read as an .npz archive ({e}); it is "
                      "truncated or not NumPy's (write it with np.savez).") from e
 
 
