@@ -255,8 +255,7 @@ def help_text(doc: str | None, *, full: bool = False) -> str:
               "or --config.text_hidden=512,",
               "", f"Config keys of this config ({method}; values with the --config and "
               "overrides given, then one line of doc):"]
-    import configs as configs_lib
-    for key, value, doc_line in configs_lib.describe(config):
+    for key, value, doc_line in configs.describe(config):
       parts.append(f"  --config.{key}={value}")
       parts.append(f"      {doc_line}")
   parts += ["", "Bad input is one `error:` line, exit status 2 (NHJ_TRACEBACK=1 shows "
