@@ -52,7 +52,7 @@ def _memory_bytes() -> int | None:
 
 
 def check_claimed_bytes(path: str, name: str, claimed: int, *, stored: int,
-                        compressed: bool) -> None:
+                        compressed: bool, sparse: bool = False) -> None:
   """Refuses an array header whose size cannot be true for this file.
 
   Args:
@@ -63,6 +63,8 @@ def check_claimed_bytes(path: str, name: str, claimed: int, *, stored: int,
       or the member's / dataset's stored size where that is known).
     compressed: whether the stored bytes are compressed (then each may stand
       for up to MAX_EXPANSION bytes).
+    sparse: a sparse matrix (MATLAB v5), densified on reading: its dense size
+      has no bound in the file's size; only the memory check applies.
 
   Raises:
     ValueError: naming file, array, the claim and what the file can hold.
@@ -70,13 +72,15 @@ def check_claimed_bytes(path: str, name: str, claimed: int, *, stored: int,
   limit = stored * (MAX_EXPANSION if compressed else 1) + _HEADER_SLACK
   file_size = os.path.getsize(path)
   problem = None
-  if stored > file_size + _HEADER_SLACK:
+  if sparse:
+    pass
+  elif stored > file_size + _HEADER_SLACK:
     problem = f"its stored size {stored:,} B is more than the file's {file_size:,} B"
   elif claimed > limit:
     problem = (f"its header claims {claimed:,} B ({claimed / 2**30:.1f} GiB) but "
                f"the file holds {stored:,} B of it"
                + (" (compressed)" if compressed else ""))
-  else:
+  if problem is None:
     memory = _memory_bytes()
     if memory and claimed > memory:
       problem = (f"its header claims {claimed / 2**30:.1f} GiB, more than this "
@@ -276,10 +280,11 @@ def read_mat(path: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
   import scipy.sparse  # pylint: disable=g-import-not-at-top
   try:
     # Shapes from the headers first: refuse what the file cannot hold.
-    for name, shape, _ in scipy.io.whosmat(path):
+    for name, shape, kind in scipy.io.whosmat(path):
       if name in keys:
         check_claimed_bytes(path, name, _claimed(shape, np.dtype(np.float64)),
-                            stored=os.path.getsize(path), compressed=True)
+                            stored=os.path.getsize(path), compressed=True,
+                            sparse=kind == "sparse")
     contents = scipy.io.loadmat(path, variable_names=list(keys))
   except ValueError as e:
     if str(e).startswith("file "):  # check_claimed_bytes: already one line
