@@ -22,7 +22,6 @@ Encoder passes one that places each padded batch sharded on the mesh.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping
 
@@ -223,9 +222,8 @@ def read_record(workdir: str) -> dict:
     raise FileNotFoundError(f"workdir {workdir!r}: no such directory")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no run config at {path} (train in this workdir first)")
-  with open(path, encoding="utf-8") as f:
-    record = json.load(f)
-  if not isinstance(record, dict) or not isinstance(record.get("resolved"), dict):
+  record = run_config.read_json_object(path)
+  if not isinstance(record.get("resolved"), dict):
     raise ValueError(f"{path} has no 'resolved' values (written by an older version?); "
                      "re-run the training command in that workdir to rewrite it")
   return record
@@ -293,12 +291,12 @@ def load_inputs(spec: str, *, split: str = "database", flag: str = "data",
     raise FileNotFoundError(f"--{flag}: no file at {spec!r} (an .npz, or "
                             "folder:<path> for the generic data layout)")
   wanted = ("image", "text", "ids", "labels") + (("codes",) if allowed_codes else ())
-  try:
-    with np.load(spec, allow_pickle=False) as z:
-      present = sorted(z.files)
-      out = {k: z[k] for k in wanted if k in present}
-  except (ValueError, OSError, EOFError) as e:
-    raise ValueError(f"--{flag}={spec}: cannot be read as a NumPy .npz ({e})") from e
+  from common.data import matio  # pylint: disable=g-import-not-at-top
+  try:  # headers checked against the file's size before anything is read
+    present = sorted(matio.check_npz(spec))
+    out = matio.load_npz(spec, wanted)
+  except ValueError as e:
+    raise ValueError(f"--{flag}={spec}: {e}") from e
   need = ("image", "text") + (("codes",) if allowed_codes else ())
   if not any(k in out for k in need):
     raise KeyError(f"--{flag}={spec}: needs key " + " or ".join(repr(k) for k in need)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import time
 from typing import Any, Callable, Hashable, Mapping
@@ -122,8 +121,8 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
   record = _record(config, data, method)
   config_path = os.path.join(workdir, run_config.CONFIG_FILE)
   if os.path.exists(config_path):
-    with open(config_path, encoding="utf-8") as f:
-      run_config.check_same_run(json.load(f), record, workdir=workdir)
+    run_config.check_same_run(run_config.read_json_object(config_path), record,
+                              workdir=workdir)
   evaluator = RetrievalEvaluator(
       {"test": (data.splits.query, data.splits.database),
        **({"val": data.val} if data.val is not None else {})},
@@ -132,6 +131,10 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
   log(f"{method.name.upper()} on {splits.name}: {len(splits.train)} train / "
       f"{len(splits.query)} query / {len(splits.database)} database, "
       f"C={splits.num_classes}, {config.bits} bits; noise {data.noise_summary}")
+  import configs  # pylint: disable=g-import-not-at-top
+  hint = None if eval_only else configs.schedule_hint(config, len(splits.train))
+  if hint:
+    log(hint)
 
   if eval_only:
     state, step = restore_for_eval(method, config, workdir, step=eval_step, record=record)

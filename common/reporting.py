@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from typing import Any, Mapping
@@ -60,12 +61,32 @@ def _drop_after(path: str, last_step: int) -> None:
       raise
     if record["step"] <= last_step:
       kept.append(line + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  # A unique temporary name beside the file (mkstemp: never a planted link).
+  from common import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.atomic_write_text(path, "".join(kept))
+
+
+# OSErrors (a full disk) of tensorboardX's writer thread: kept here for the
+# writer to raise once in the main thread, instead of a thread traceback.
+_EVENT_THREAD_ERRORS: list[OSError] = []
+_HOOK_INSTALLED = False
+
+
+def _install_event_thread_hook() -> None:
+  global _HOOK_INSTALLED
+  if _HOOK_INSTALLED:
+    return
+  previous = threading.excepthook
+
+  def hook(args):
+    if (isinstance(args.exc_value, OSError) and args.thread is not None
+        and type(args.thread).__module__.startswith("tensorboardX")):
+      _EVENT_THREAD_ERRORS.append(args.exc_value)
+      return
+    previous(args)
+
+  threading.excepthook = hook
+  _HOOK_INSTALLED = True
 
 
 class MetricsWriter:
@@ -87,12 +108,15 @@ class MetricsWriter:
     os.makedirs(workdir, exist_ok=True)
     if resume_step is not None:
       _drop_after(self.path, resume_step)
-    self._jsonl = open(self.path, "a", encoding="utf-8")
+    # Unbuffered appends: a failed write (a full disk) leaves no Python buffer
+    # behind to fail again at exit; a line cut short is dropped on resume.
+    self._jsonl = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     if tensorboard:
       # TensorBoard hides events of step >= purge_step from earlier files.
       # A unique suffix: tensorboardX names files by the second and opens
       # them with "wb", so two writers in one second would clobber a file.
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      _install_event_thread_hook()
       self._events = SummaryWriter(
           os.path.join(workdir, "tensorboard"),
           purge_step=None if resume_step is None else resume_step + 1,
@@ -104,18 +128,40 @@ class MetricsWriter:
       return
     record = {"kind": kind, "step": int(step), "time": time.time(),
               **to_jsonable(values)}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    data = (json.dumps(record) + "\n").encode("utf-8")
+    try:
+      while data:
+        data = data[os.write(self._jsonl, data):]
+    except OSError as e:
+      raise OSError(e.errno, e.strerror, self.path) from None
     if self._events is not None:
-      for tag, value in _flat_scalars(values, kind + "/").items():
-        self._events.add_scalar(tag, value, int(step))
-      self._events.flush()
+      try:
+        for tag, value in _flat_scalars(values, kind + "/").items():
+          self._events.add_scalar(tag, value, int(step))
+        self._events.flush()
+      except OSError as e:
+        self._events_failed(e)
+      if _EVENT_THREAD_ERRORS:
+        self._events_failed(_EVENT_THREAD_ERRORS.pop(0))
+
+  def _events_failed(self, error: OSError) -> None:
+    """TensorBoard events could not be written (e.g. a full disk): stop
+    writing them and raise one OSError naming the folder."""
+    events, self._events = self._events, None
+    _EVENT_THREAD_ERRORS.clear()
+    try:
+      events.close()
+    except (OSError, ValueError, AttributeError):
+      pass
+    raise OSError(error.errno, error.strerror or str(error),
+                  os.path.join(os.path.dirname(self.path), "tensorboard")) from None
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
+      os.close(self._jsonl)
       if self._events is not None:
-        self._events.close()
+        events, self._events = self._events, None
+        events.close()
 
 
 class ProgressBar:

@@ -94,9 +94,29 @@ def differences(saved: Mapping[str, Any], now: Mapping[str, Any], *,
   return lines
 
 
+def read_json_object(path: str) -> dict:
+  """A JSON object from `path`; ValueError naming the file when it is not one
+  (invalid JSON, a list, ...)."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      values = json.load(f)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+      raise ValueError(f"{path}: not valid JSON ({e}); the file is damaged, "
+                       "remove or restore it") from None
+  if not isinstance(values, dict):
+    raise ValueError(f"{path}: expected a JSON object, got a "
+                     f"{type(values).__name__}; the file is damaged, remove or "
+                     "restore it")
+  return values
+
+
 def check_same_run(saved: Mapping[str, Any], now: Mapping[str, Any], *,
                    workdir: str, ignore: Iterable[str] = MAY_DIFFER_ON_RESUME) -> None:
   """Refuses to resume (or evaluate) a workdir written with another config."""
+  if saved.get("method") != now.get("method"):
+    raise ConfigError(
+        f"config.method: workdir {workdir} holds {saved.get('method')}, this is "
+        f"{now.get('method')}; use another workdir")
   differ = differences(saved, now, ignore=ignore)
   if differ:
     raise ConfigError(
@@ -112,9 +132,8 @@ def load(path_or_workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"no run config at {path} (was the run started with "
                             "this version of the launchers?)")
-  with open(path, encoding="utf-8") as f:
-    values = json.load(f)
-  if not isinstance(values, dict) or "method" not in values:
+  values = read_json_object(path)
+  if "method" not in values:
     raise ValueError(f"{path}: not a run config (no 'method' key)")
   values.pop("resolved", None)
   # JSON has no tuples; the configs declare widths as tuples.

@@ -23,6 +23,7 @@ import numpy as np
 from common import data as data_lib
 from common.data import Split, Splits
 from common.data import stored
+from common.data import noise as noise_lib
 from common.run_config import ConfigError, check
 
 NOISE_PROTOCOLS = ("scbch", "dcgmh", "symmetric", "release", "none")
@@ -158,12 +159,22 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
                                                   train_labels=clean)
       corrupted = np.any(noisy != clean, axis=1)
     else:
-      noisy, corrupted = data_lib.corrupt_labels(clean, rate, protocol=protocol,
-                                                 seed=config.noise_seed)
+      try:
+        noisy, corrupted = data_lib.corrupt_labels(clean, rate, protocol=protocol,
+                                                   seed=config.noise_seed)
+      except ValueError as e:
+        raise ConfigError(
+            f"config.noise_protocol={protocol!r} cannot corrupt "
+            f"{config.dataset}'s training labels at config.noise_rate={rate}: {e} "
+            "Lower config.noise_rate, or choose config.noise_protocol=symmetric "
+            "or none.") from None
     noisy = np.asarray(noisy, np.float32)
     summary = {"protocol": protocol, "rate": rate, "seed": config.noise_seed,
                "corrupted_items": int(np.sum(corrupted)),
                "changed_bits": int(np.sum(noisy != clean)), "train_items": len(clean)}
+    if protocol == "dcgmh" and noise_lib.same_label_count(clean):
+      # Documented (docs/data.md): chunks (c)/(d) keep the count here.
+      summary["same_label_count"] = int(clean[0].sum()) if len(clean) else 0
 
   val = None
   if config.selection == "val":

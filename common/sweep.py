@@ -110,11 +110,26 @@ def load_sweep(spec: str) -> list[ml_collections.ConfigDict]:
   if spec_ is None or spec_.loader is None:
     raise SweepError(f"--sweep: {path} is not a Python file")
   module = importlib.util.module_from_spec(spec_)
-  spec_.loader.exec_module(module)
+  try:
+    spec_.loader.exec_module(module)
+  except SyntaxError as e:
+    raise SweepError(f"--sweep: {e.filename or path}, line {e.lineno}: "
+                     f"{e.msg}") from e
+  except Exception as e:  # pylint: disable=broad-except
+    if os.environ.get("NHJ_TRACEBACK"):
+      raise
+    raise SweepError(f"--sweep: importing {path} failed: {type(e).__name__}: "
+                     f"{e} (NHJ_TRACEBACK=1 shows where)") from e
   get_sweep = getattr(module, "get_sweep", None)
   if not callable(get_sweep):
     raise SweepError(f"--sweep: {path} defines no get_sweep()")
-  configs = list(get_sweep() if arg is None else get_sweep(arg))
+  try:
+    configs = list(get_sweep() if arg is None else get_sweep(arg))
+  except Exception as e:  # pylint: disable=broad-except
+    if os.environ.get("NHJ_TRACEBACK"):
+      raise
+    raise SweepError(f"--sweep: get_sweep() of {path} failed: "
+                     f"{type(e).__name__}: {e} (NHJ_TRACEBACK=1 shows where)") from e
   if not configs:
     raise SweepError(f"--sweep: get_sweep() of {path} gave no configs")
   for i, config in enumerate(configs):

@@ -104,11 +104,27 @@ def _read_holder(fd: int) -> dict:
     return {}
 
 
+def current_umask() -> int:
+  """The process's umask, read without changing it where /proc tells it."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)  # no /proc: set and restore
+  os.umask(mask)
+  return mask
+
+
 def _atomic_write(path: str, mode: str, write: Callable[[IO], None]) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
                              suffix=".tmp")
   try:
+    # mkstemp creates 0600; the file gets the mode open() would give it.
+    os.fchmod(fd, 0o666 & ~current_umask())
     with os.fdopen(fd, mode) as f:
       write(f)
       f.flush()

@@ -6,6 +6,64 @@ import ml_collections
 from ml_collections import config_dict
 
 
+# One line of documentation per shared key: `nhj-<method> --help` prints it
+# beside the key's value, and docs/config.md's key table is generated from it
+# (tests/test_readme.py keeps both in sync with get_config()).
+DOCS = {
+    "method": "which method (common.experiment.METHODS): scbch or dcgmh",
+    "variant": "a named loss variant / ablation: SCBCH full, no_cscc, no_quant, "
+               "no_shift, no_bsch, ce_only (scbch_jax.objectives); DCGMH full, "
+               "no_filter, no_reconstruction, no_unsup, no_separation, "
+               "center_only (dcgmh_jax.objectives)",
+    "dataset": "synthetic:<size> (tiny, demo, mirflickr25k, nuswide21, mscoco, "
+               "iaprtc12), a benchmark name read from data_dir, tfds:<name> read "
+               "from tfds_dir (built by nhj-prepare-data), or folder:<path> (your "
+               "own data, docs/data.md)",
+    "data_dir": "the benchmark's files (benchmark datasets only)",
+    "layout": "benchmark file layout: ucch, scbch_h5 or dcgmh_mat (None: detected)",
+    "tfds_dir": "TFDS data dir for tfds:<name>",
+    "input": "memory: features loaded into host memory; storage (tfds: data "
+             "only): each process reads its rows from the array_record files, a "
+             "batch at a time (docs/scaling.md)",
+    "query_size": "query split size (None: the dataset's split; all.npz of "
+                  "folder: data needs it)",
+    "train_size": "training split size (None: the dataset's split; all.npz of "
+                  "folder: data needs it)",
+    "data_seed": "synthetic generator seed",
+    "noise_protocol": "label noise injected into the TRAINING labels: scbch "
+                      "(one pair flipped), dcgmh (four-way; on data where every "
+                      "item has the same label count, e.g. single-label, its "
+                      "new-count chunks keep the count, docs/data.md), symmetric "
+                      "(per-bit), release (the SCBCH release's noise file), none",
+    "noise_rate": "fraction of corrupted training items (bit-flip probability "
+                  "for symmetric)",
+    "noise_seed": "seed of the noise draw",
+    "epochs": "training epochs (benchmark presets: SCBCH 50, DCGMH 150)",
+    "batch_size": "GLOBAL batch over all devices and processes; an epoch drops "
+                  "the last partial batch (trained with release_compat's "
+                  "partial_last_batch)",
+    "seed": "init, data order and augmentation seed",
+    "eval_every": "epochs between evaluations (0: only at the end)",
+    "checkpoint_every": "global steps between mid-epoch checkpoints (0: epoch "
+                        "ends only)",
+    "keep": "checkpoints kept (plus the best when selecting)",
+    "log_every": "steps between metric fetches to the host",
+    "parallel": "shard_map (jit + jax.shard_map over a 1-D mesh) or pmap",
+    "selection": "last; val (best on a validation split carved from the "
+                 "training set, noisy labels); test_queries (best on the TEST "
+                 "queries, the releases' protocol; labelled in every output)",
+    "val_size": "validation queries with selection=val",
+    "progress": "progress bar (tqdm, stderr)",
+    "eval_batch_size": "rows per encoding batch",
+    "compute_dtype": "float32 or bfloat16 for the networks' matmuls and "
+                     "activations; losses, filter, CSCC and codes stay float32",
+    "param_dtype": "dtype of parameters and optimiser state",
+    "release_compat": "reproduce the releases' quirks on purpose: False; True "
+                      "(every quirk of the method's release); or a comma-"
+                      "separated list of quirk names (docs/release_compat.md); "
+                      "active quirks are named in every output",
+}
+
 
 def split_arg(arg: str | None, presets) -> tuple[str, str]:
   """(preset, dataset) from a config argument.

@@ -21,6 +21,45 @@ PRESETS = {
 }
 
 
+# One line of documentation per DCGMH key (the shared keys: base.DOCS).
+DOCS = {
+    "bits": "code length K",
+    "hidden": "first layer of each modality MLP (benchmark presets: 4096)",
+    "fused": "fused width (None: 128 * bits)",
+    "alpha": "weight of L_q, the quantisation loss",
+    "beta": "weight of L_unsup (per dataset)",
+    "gamma": "weight of L_sep, the center separation loss",
+    "eta": "weight of L_pair (per dataset)",
+    "margin": "mu of L_unsup",
+    "k": "bank neighbours for label reconstruction",
+    "warmup_epochs": "epochs before the filter and reconstruction start",
+    "noise_ratio": "tau, the fraction of each batch flagged noisy: a number in "
+                   "[0, 1), auto (estimated), or None (the injected noise rate "
+                   "when this run injected it, else auto)",
+    "noise_ratio_max": "with tau estimated, the largest tau used (the augmented "
+                       "pass's static buffer holds floor(noise_ratio_max * B) "
+                       "rows)",
+    "noise_ratio_estimator": "how tau is estimated: margin (once per robust "
+                             "epoch from every item's label margin) or "
+                             "batch_ema (a Gaussian mixture per batch, EMA "
+                             "over steps)",
+    "noise_ratio_margin": "margin estimator: an item counts as noisy when its "
+                          "observed labels fall short of the model's best "
+                          "label set by more than this",
+    "estimate_momentum": "batch_ema estimator: EMA momentum over steps",
+    "augment_whole_batch": "False: the augmented pass encodes only the "
+                           "unlabeled items, as the release; True: the whole "
+                           "batch (the project's earlier behaviour)",
+    "refresh_clean": "bank items judged clean again are restored (the release "
+                     "never does)",
+    "lr": "SGD learning rate (per dataset)",
+    "momentum": "SGD momentum",
+    "weight_decay": "L2 in the gradient",
+    "lr_decay_every": "epochs between lr *= lr_decay_factor",
+    "lr_decay_factor": "learning-rate decay factor",
+}
+
+
 def get_config(arg: str | None = None):
   preset, dataset = base.split_arg(arg, PRESETS)
   c = base.base_config("dcgmh", dataset, noise_protocol="dcgmh", noise_rate=0.4)

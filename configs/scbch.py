@@ -23,6 +23,31 @@ PRESETS = {
 }
 
 
+# One line of documentation per SCBCH key (the shared keys: base.DOCS).
+DOCS = {
+    "bits": "code length K (paper: 16, 32, 64, 128)",
+    "image_hidden": "image tower widths: d_img -> ... -> bits (benchmark "
+                    "presets: 8192,8192)",
+    "text_hidden": "text tower widths: d_txt -> ... -> bits (benchmark "
+                   "presets: 8192)",
+    "alpha": "weight of L_bsch, the bidirectional soft contrastive loss",
+    "beta": "weight of L_q, the quantisation loss",
+    "margin": "hard-negative margin m of L_bsch (per dataset)",
+    "shift": "s: easy negatives damped by e^-s (per dataset)",
+    "tau": "L_bsch temperature",
+    "k": "CSCC neighbours",
+    "gamma": "CSCC floor: w = gamma + (1 - gamma) r",
+    "cscc_start_epoch": "0-based epoch from which the CSCC weights are used "
+                        "(before it w = 1)",
+    "cscc_block_size": "rows per block of the CSCC top-k pass",
+    "cscc_dtype": "dtype of the (N, 2K) code matrix every host holds for CSCC: "
+                  "float32 (exact) or bfloat16 (half the memory, close to but "
+                  "not equal to the float32 weights)",
+    "lr": "Adam learning rate",
+    "weight_decay": "L2 in the gradient (PyTorch Adam)",
+}
+
+
 def get_config(arg: str | None = None):
   preset, dataset = base.split_arg(arg, PRESETS)
   c = base.base_config("scbch", dataset, noise_protocol="scbch", noise_rate=0.5)

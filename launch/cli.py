@@ -9,10 +9,15 @@ Errors raised with `config.<key>` in the message are shown as `--config.<key>`.
 from __future__ import annotations
 
 import atexit
+import errno
 import gc
+import importlib
+import json
 import os
 import re
 import sys
+import textwrap
+import zipfile
 from typing import Callable
 
 import jax
@@ -24,8 +29,14 @@ from ml_collections import config_flags
 import configs
 
 FLAGS = flags.FLAGS
-USER_ERRORS = (flags.ValidationError, FileNotFoundError, KeyError, ValueError,
-               FloatingPointError, TypeError)
+# Bad input: shown as one `error:` line, exit status 2. OSError covers the
+# file system's refusals (read-only or full disk, a file where a folder should
+# be, a dangling link, a name too long); BadZipFile and EOFError a truncated
+# .npz / .npy; MemoryError an input too big for this machine.
+USER_ERRORS = (flags.ValidationError, OSError, KeyError, ValueError,
+               FloatingPointError, TypeError, zipfile.BadZipFile, EOFError,
+               MemoryError)
+HELP_FLAGS = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
 DEFAULT_CACHE = os.path.join("~", ".cache", "noisy_hashing_jax", "xla")
 
 
@@ -137,6 +148,31 @@ def as_flag_names(message: str) -> str:
   return re.sub(r"(?<![\w./-])config\.(?=[a-z_])(?!json)", "--config.", message)
 
 
+def user_error_line(e: BaseException) -> str:
+  """The one line an error of USER_ERRORS is shown as (without `error: `)."""
+  if isinstance(e, KeyError) and e.args:
+    return str(e.args[0])
+  if isinstance(e, OSError) and e.filename is not None:
+    what = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+      what = "no space left on device"
+    target = f" -> {e.filename2}" if e.filename2 is not None else ""
+    name = os.fsdecode(e.filename) if isinstance(e.filename, bytes) else str(e.filename)
+    if os.path.islink(name) and not os.path.exists(name):
+      what = f"a symbolic link to {os.readlink(name)!r}, which does not exist"
+    # An atomic write's temporary file (.<name>.<random>.tmp): name the target.
+    temporary = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", os.path.basename(name))
+    if temporary:
+      return f"{os.path.join(os.path.dirname(name), temporary.group(1))}: {what} (writing it)"
+    return f"{e.filename}{target}: {what}"
+  if isinstance(e, MemoryError):
+    return f"out of memory{': ' + str(e) if str(e) else ''} (the input is too big for this machine)"
+  if isinstance(e, json.JSONDecodeError):
+    return f"invalid JSON: {e}"
+  text = str(e) or type(e).__name__
+  return text.splitlines()[0] if text.strip() else type(e).__name__
+
+
 def _fail(message: str) -> None:
   print(f"error: {as_flag_names(str(message))}", file=sys.stderr)
   sys.exit(2)
@@ -159,21 +195,92 @@ def _reporting_override_errors(fn: Callable[[], object]):
     _fail(e)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def _parse_flags(argv: list[str], doc: str | None = None) -> list[str]:
+  asked = [a for a in argv[1:] if a.split("=")[0] in HELP_FLAGS]
+  if asked or any(a.split("=")[0] in ("--helpfull", "-helpfull") for a in argv[1:]):
+    full = not asked
+    rest = [a for a in argv if a.split("=")[0] not in HELP_FLAGS + ("--helpfull", "-helpfull")]
+    _reporting_override_errors(lambda: FLAGS(rest))
+    print(help_text(doc, full=full))
+    sys.exit(0)
   return _reporting_override_errors(lambda: FLAGS(argv))
+
+
+def _launcher_flags() -> list:
+  """The flags this launcher defines (launch/*.py), not the libraries'."""
+  seen, out = set(), []
+  for module, module_flags in FLAGS.flags_by_module_dict().items():
+    if "launch" not in module.replace(os.sep, "."):
+      continue
+    for flag in module_flags:
+      if flag.name not in seen:
+        seen.add(flag.name)
+        out.append(flag)
+  return out
+
+
+def _wrap(text: str, indent: str) -> str:
+  return textwrap.fill(text, width=80, initial_indent=indent,
+                       subsequent_indent=indent, break_on_hyphens=False)
+
+
+def help_text(doc: str | None, *, full: bool = False) -> str:
+  """--help: the launcher's usage, its flags, and for the trainers the forms
+  of --config and every key of the chosen config with its value and doc."""
+  parts = [textwrap.dedent(doc or "").strip(), "", "Flags:"]
+  for flag in _launcher_flags():
+    if flag.name == "config":
+      continue
+    default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+    parts.append(f"  --{flag.name}{default}")
+    parts.append(_wrap(flag.help, "      "))
+  if "config" in FLAGS:
+    config = FLAGS.config
+    method = config.method
+    presets = sorted(set(getattr(importlib.import_module(f"configs.{method}"),
+                                 "PRESETS", {})) - {"synthetic"})
+    parts += ["", "The run config (--config, then its --config.<key> overrides):",
+              f"  --config=configs/{method}.py",
+              "      the synthetic CPU demo (the default)",
+              f"  --config=configs/{method}.py:synthetic:<size>",
+              "      synthetic data of a size: tiny, demo, mirflickr25k, nuswide21, "
+              "mscoco, iaprtc12",
+              f"  --config=configs/{method}.py:<benchmark>",
+              f"      the release's values for {', '.join(presets)} (set "
+              "--config.data_dir)",
+              "  --config=path/to/file.py[:arg]",
+              "      any file with get_config(arg)",
+              "  --config.<key>=<value>",
+              "      a key's value, AFTER --config; tuples as --config.image_hidden=512,512 "
+              "or --config.text_hidden=512,",
+              "", f"Config keys of this config ({method}; values with the --config and "
+              "overrides given, then one line of doc):"]
+    for key, value, doc_line in configs.describe(config):
+      parts.append(f"  --config.{key}={value}")
+      parts.append(f"      {doc_line}")
+  parts += ["", "Bad input is one `error:` line, exit status 2 (NHJ_TRACEBACK=1 shows "
+            "the trace)."]
+  if full:
+    parts += ["", "All flags, the libraries' included:", FLAGS.get_help()]
+  else:
+    parts += ["--helpfull adds the libraries' flags (absl, JAX)."]
+  return "\n".join(parts)
 
 
 def run_main(main: Callable[[list[str]], None]) -> None:
   """app.run(main), bad input reported as one `error:` line (exit code 2)
   instead of a traceback; NHJ_TRACEBACK=1 shows the trace."""
+  doc = sys._getframe(1).f_globals.get("__doc__")  # the launcher's usage
+
   def guarded(argv):
     try:
+      quiet_library_logs()
       main(argv)
     except USER_ERRORS as e:
       if os.environ.get("NHJ_TRACEBACK"):
         raise
-      _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+      _fail(user_error_line(e))
   # Registered first, so it runs last: no collection pass over the whole
   # interpreter at exit (0.4 s; the process is ending anyway).
   atexit.register(gc.freeze)
-  app.run(guarded, flags_parser=_parse_flags)
+  app.run(guarded, flags_parser=lambda argv: _parse_flags(argv, doc))

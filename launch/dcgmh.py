@@ -1,7 +1,7 @@
 r"""Train and evaluate DCGMH (multi-modal hashing under noisy labels).
 
-With no flags: trains on the embedded synthetic data (small widths) in a few
-minutes on a CPU, logs the noise filter's precision/recall per epoch, and
+With no flags: trains on the embedded synthetic data (small widths) in about
+two minutes on a CPU, logs the noise filter's precision/recall per epoch, and
 prints the fused-code mAP per evaluation and a final table.
 
   nhj-dcgmh                                                    # synthetic demo

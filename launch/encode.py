@@ -39,12 +39,26 @@ _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Rows per encoding batch, sharded over the local devices "
     "(default: the run's config.eval_batch_size).", lower_bound=1)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bar on stderr.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace the codes and indexes of an --out folder that is "
+    "not empty (refused otherwise).")
+
+
+def check_out_folder(out: str, overwrite: bool) -> None:
+  """--out must be a new or empty folder, or --overwrite given."""
+  if os.path.lexists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out={out}: exists and is not a folder")
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    raise ValueError(f"--out={out}: exists and is not empty; pass --overwrite to "
+                     "replace its codes and indexes, or choose another folder")
 
 
 def encode_to_dir(workdir: str, data: str, out: str, *, step: int | None = None,
                   split: str = "database", batch_size: int | None = None,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, overwrite: bool = False) -> dict:
   """Encodes `data` with the run in `workdir`; writes codes.npz and the indexes.
+
+  An `out` folder that is not empty is refused unless `overwrite`.
 
   Returns a summary dict (method, bits, step, count, modalities, paths).
   """
@@ -52,11 +66,10 @@ def encode_to_dir(workdir: str, data: str, out: str, *, step: int | None = None,
   from common import index as index_lib  # pylint: disable=g-import-not-at-top
   from common import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from common.encoder import load_encoder, load_inputs, read_record  # pylint: disable=g-import-not-at-top
+  check_out_folder(out, overwrite)
   record = read_record(workdir)
   sizes = {k: record.get(k) for k in ("query_size", "train_size")}
   items = load_inputs(data, split=split, flag="data", sizes=sizes)
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f"--out={out}: exists and is not a folder")
   encoder = load_encoder(workdir, step)
   features = {k: items[k] for k in ("image", "text") if k in items}
   codes = encoder.encode(**features, batch_size=batch_size, progress=progress)
@@ -92,7 +105,7 @@ def main(argv):
   cli.quiet_library_logs()
   summary = encode_to_dir(_WORKDIR.value, _DATA.value, _OUT.value, step=_STEP.value,
                           split=_SPLIT.value, batch_size=_BATCH_SIZE.value,
-                          progress=_PROGRESS.value)
+                          progress=_PROGRESS.value, overwrite=_OVERWRITE.value)
   print(f"encoded {summary['count']} items with {summary['method']} "
         f"({summary['bits']} bits, step {summary['step']}): "
         f"{', '.join(summary['modalities'])} -> {_OUT.value} (codes.npz, "

@@ -78,30 +78,33 @@ def load_npz(path: str, *, flag: str = "codes"
   """Reads a codes .npz; returns (kind, arrays) with kind in KEYS."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--{flag}: no file at {path!r}.")
-  with np.load(path, allow_pickle=False) as data:
-    present = set(data.files)
-    complete = [kind for kind, keys in KEYS.items()
-                if all(k in present for k in keys)]
-    if len(complete) > 1:
-      raise ValueError(
-          f"{path} holds both cross-modal {list(KEYS[CROSS_MODAL])} and "
-          f"single-direction {list(KEYS[SINGLE])} arrays; keep one set.")
-    if not complete:
-      missing = {kind: [k for k in keys if k not in present]
-                 for kind, keys in KEYS.items()}
-      raise KeyError(
-          f"{path} lacks keys: cross-modal input needs "
-          f"{missing[CROSS_MODAL]}, single-direction input needs "
-          f"{missing[SINGLE]} (found {sorted(present)}).")
-    kind = complete[0]
-    return kind, {k: data[k] for k in KEYS[kind]}
+  from common.data import matio  # pylint: disable=g-import-not-at-top
+  # Headers checked against the file's size first; errors name the file.
+  data = matio.load_npz(path)
+  present = set(data)
+  complete = [kind for kind, keys in KEYS.items()
+              if all(k in present for k in keys)]
+  if len(complete) > 1:
+    raise ValueError(
+        f"{path} holds both cross-modal {list(KEYS[CROSS_MODAL])} and "
+        f"single-direction {list(KEYS[SINGLE])} arrays; keep one set.")
+  if not complete:
+    missing = {kind: [k for k in keys if k not in present]
+               for kind, keys in KEYS.items()}
+    raise KeyError(
+        f"{path} lacks keys: cross-modal input needs "
+        f"{missing[CROSS_MODAL]}, single-direction input needs "
+        f"{missing[SINGLE]} (found {sorted(present)}).")
+  kind = complete[0]
+  return kind, {k: data[k] for k in KEYS[kind]}
 
 
 def load_npy(flag: str, path: str) -> np.ndarray:
   """Reads one .npy array named by a flag."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--{flag}: no file at {path!r}.")
-  return np.load(path, allow_pickle=False)
+  from common.data import matio  # pylint: disable=g-import-not-at-top
+  return matio.load_npy(path)
 
 
 def evaluate_codes(kind: str, arrays: Mapping[str, np.ndarray], *,

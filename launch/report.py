@@ -3,7 +3,7 @@
   nhj-report runs/ablation [--out=runs/ablation/report]
 
 Reads every <root>/*/config.json with its <method>_final_results.json; see
-common/report.py and the README section "Research workflow: sweeps and tables".
+common/report.py and docs/research.md, "Sweeps and tables".
 Missing or failed runs are listed, not fatal.
 """
 

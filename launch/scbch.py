@@ -1,7 +1,7 @@
 r"""Train and evaluate SCBCH (cross-modal hashing under noisy labels).
 
-With no flags: trains on the embedded synthetic data (small widths) in a few
-minutes on a CPU and prints I->T / T->I mAP per evaluation and a final table.
+With no flags: trains on the embedded synthetic data (small widths) in under
+a minute on a CPU and prints I->T / T->I mAP per evaluation and a final table.
 
   nhj-scbch                                                    # synthetic demo
   nhj-scbch --config=configs/scbch.py:mirflickr25k --config.data_dir=/data/mir \

@@ -15,7 +15,6 @@ as the evaluator ranks (np.argsort(dist, kind="stable")).
 from __future__ import annotations
 
 import csv
-import json
 import os
 
 from absl import app
@@ -56,12 +55,39 @@ _OUT = flags.DEFINE_string(
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Rows per encoding batch (default: the run's "
     "config.eval_batch_size).", lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an existing --out file (refused otherwise).")
+
+
+def check_out_file(out: str, overwrite: bool) -> None:
+  """--out must end in .json/.csv, not be a folder, and be new unless overwrite."""
+  if not out.endswith((".json", ".csv")):
+    raise ValueError(f"--out={out}: must end in .json or .csv")
+  if os.path.isdir(out):
+    raise ValueError(f"--out={out}: is a folder; give a file name ending in "
+                     ".json or .csv")
+  if os.path.lexists(out) and not overwrite:
+    raise ValueError(f"--out={out}: exists; pass --overwrite to replace it, or "
+                     "choose another name")
 
 
 def _index_meta(folder: str) -> dict:
   """The user meta nhj-encode stored in an index folder's meta.json."""
-  with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
-    return json.load(f).get("meta") or {}
+  from common import run_config  # pylint: disable=g-import-not-at-top
+  return run_config.read_json_object(os.path.join(folder, "meta.json")).get("meta") or {}
+
+
+def _load_index(index_lib, folder: str):
+  """index_lib.load_index, a damaged index folder reported as one line."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    return index_lib.load_index(folder)
+  except (EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    if isinstance(e, FileNotFoundError) or str(e).startswith(("--", "file ")):
+      raise
+    raise ValueError(f"--index: {folder}: a damaged index ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''}); rebuild it "
+                     "with nhj-encode") from e
 
 
 def _index_folders(path: str) -> dict[str, str]:
@@ -124,7 +150,7 @@ def search(index_path: str, queries_spec: str, *, k: int = 10,
                         allowed_codes=True)
   direction = _direction(direction, folders, queries)
   query_modality, index_modality = DIRECTIONS[direction]
-  index = index_lib.load_index(folders[index_modality])
+  index = _load_index(index_lib, folders[index_modality])
   meta = index.meta
   if "codes" in queries:
     codes = np.asarray(queries["codes"])
@@ -168,14 +194,22 @@ def write_hits(hits: dict, out: str) -> None:
     workdir_lib.atomic_write_json(out, {key: hits[key] for key in
                                         ("direction", "k", "radius", "queries")})
     return
-  tmp = f"{out}.tmp-{os.getpid()}"
-  with open(tmp, "w", newline="", encoding="utf-8") as f:
+  def write_csv(f):
     writer = csv.writer(f)
     writer.writerow(["query", "rank", "id", "distance"])
     for q in hits["queries"]:
       for rank, (i, d) in enumerate(zip(q["ids"], q["distances"]), start=1):
         writer.writerow([q["query"], rank, i, d])
-  os.replace(tmp, out)
+  # A unique temporary file beside `out` (mkstemp: never a planted link),
+  # fsynced and renamed over it, with the mode the umask gives.
+  workdir_lib.atomic_write_text(out, _csv_text(write_csv))
+
+
+def _csv_text(write) -> str:
+  import io  # pylint: disable=g-import-not-at-top
+  buffer = io.StringIO(newline="")
+  write(buffer)
+  return buffer.getvalue()
 
 
 def main(argv):
@@ -184,8 +218,7 @@ def main(argv):
   for name, flag in (("index", _INDEX), ("queries", _QUERIES), ("out", _OUT)):
     if not flag.value:
       raise ValueError(f"--{name} is required")
-  if not _OUT.value.endswith((".json", ".csv")):
-    raise ValueError(f"--out={_OUT.value}: must end in .json or .csv")
+  check_out_file(_OUT.value, _OVERWRITE.value)
   if flags.FLAGS["split"].present and not _QUERIES.value.startswith("folder:"):
     raise ValueError("--split applies to --queries=folder:<path> only")
   cli.quiet_library_logs()

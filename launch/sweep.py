@@ -3,7 +3,7 @@
   nhj-sweep --sweep=studies/ablation.py --root=runs/ablation [--jobs=2] [--dry_run]
 
 The sweep file defines `get_sweep()` returning (or yielding) run configs; see
-common/sweep.py and the README section "Research workflow: sweeps and tables".
+common/sweep.py and docs/research.md, "Sweeps and tables".
 Exit status: 0 when every run finished, 1 when any failed, 2 for a bad sweep.
 """
 

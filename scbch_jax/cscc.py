@@ -103,7 +103,11 @@ def _validate(u, v, labels, k, gamma, block_size, mesh, rows) -> tuple[int, int]
           f"{rows}.")
   for name, x in (("u", u), ("v", v)):
     if not bool(jnp.all(jnp.isfinite(x))):
-      raise ValueError(f"`{name}` contains NaN or Inf.")
+      # In a run: the model's codes, i.e. the last steps diverged.
+      raise ValueError(
+          f"non-finite codes in the CSCC pass (`{name}` contains NaN or Inf): "
+          "training diverged. The last good checkpoint is kept; lower the "
+          "learning rate (config.lr) or check the input features.")
   if not bool(jnp.all((labels == 0) | (labels == 1))):
     raise ValueError("`labels` must be multi-hot with values in {0, 1}.")
   return start, stop

@@ -15,7 +15,7 @@ DCGMH, 32 bits).
   nhj-report runs/release_compat --out=studies/release_compat_report
   python -m studies.release_compat runs/release_compat --out=studies/release_compat_report
 
-The last command writes `paired.md` (the README's table): per setting, the
+The last command writes `paired.md` (the table of docs/release_compat.md): per setting, the
 paired difference to `off` over seeds, mean ± standard error, in mAP points.
 `--sweep=studies/release_compat.py:scbch` (or `:dcgmh`) runs one method's half.
 """

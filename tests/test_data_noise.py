@@ -175,14 +175,28 @@ def test_dcgmh_fewer_negatives_than_needed():
   assert (noisy != y).any(1).all()
 
 
-def test_dcgmh_needs_varying_counts_for_chunks_c_d():
-  y = np.zeros((8, 5), np.float32)
-  y[:, 0] = 1
-  with pytest.raises(ValueError, match=r"\[n_min, n_max\] = \[1, 1\]"):
-    noise.corrupt_labels(y, 1.0, protocol="dcgmh")
-  # Two chosen items fill only chunks (a) and (b): no new count needed.
-  noisy, mask = noise.corrupt_labels(y, 0.25, protocol="dcgmh")
-  assert mask.sum() == 2
+@pytest.mark.parametrize("labels_each", [1, 2])
+def test_dcgmh_on_same_count_data_chunks_c_d_keep_the_count(labels_each):
+  """Single-label (and any same-count) data: no new count m != n exists, so
+  chunks (c)/(d) keep the count and act as (a)/(b) (docs/data.md)."""
+  rng = np.random.default_rng(labels_each)
+  y = np.zeros((40, 6), np.float32)
+  for i in range(len(y)):
+    y[i, rng.choice(6, labels_each, replace=False)] = 1
+  assert noise.same_label_count(y)
+  noisy, chunk = noise.dcgmh_four_way(y, 0.5, seed=3)
+  chosen = chunk >= 0
+  assert chosen.sum() == 20 and set(chunk[chosen]) == {0, 1, 2, 3}
+  # Reference: every chosen item keeps its count; (a)/(c) keep
+  # n - ceil(n/2) originals, (b)/(d) none; the rest are wrong classes.
+  n = labels_each
+  half = (n + 1) // 2
+  for i in np.flatnonzero(chosen):
+    assert noisy[i].sum() == n
+    kept = int((noisy[i] * y[i]).sum())
+    assert kept == (n - half if chunk[i] in (0, 2) else 0), (i, chunk[i])
+  np.testing.assert_array_equal(noisy[~chosen], y[~chosen])
+  assert not noise.same_label_count(np.array([[1, 0], [1, 1]]))
 
 
 def test_dcgmh_seeded():

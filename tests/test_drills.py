@@ -11,6 +11,7 @@ about a start-up plus a few steps. 2 simulated CPU devices.
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -371,3 +372,218 @@ def test_bad_flags_and_files_are_one_error_line_exit_2(
   assert "kept steps: [12, 15, 16]" in errors["eval_step not kept"]
   assert "truncated or corrupt" in errors["truncated h5"]
   assert not os.path.exists(tmp_path / "e0" / "checkpoints")
+
+
+# ------------------------------------------- every bad input is one line (issue 18)
+
+def _one_line_each(cases, *, parallel=4):
+  """Runs {name: (cmd, needle)} a few at a time; each must exit 2 with one
+  `error:` line holding its needle and no traceback. Returns name -> line."""
+  lines, names = {}, list(cases)
+  for i in range(0, len(names), parallel):
+    procs = {name: start(cases[name][0]) for name in names[i:i + parallel]}
+    for name, proc in procs.items():
+      rc, out, err = finish(proc)
+      assert rc == 2, f"{name}: exit {rc}\n{out}\n{err}"
+      assert "Traceback" not in err, f"{name}:\n{err}"
+      err_lines = err.strip().splitlines()
+      assert len(err_lines) == 1 and err_lines[0].startswith("error: "), f"{name}:\n{err}"
+      assert cases[name][1] in err_lines[0], f"{name}: {err_lines[0]}"
+      lines[name] = err_lines[0]
+  return lines
+
+
+def _own_data(directory, *, image_dim=8, single_label=False, n=(40, 160, 240),
+              seed=0):
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory, exist_ok=True)
+  for part, rows in zip(("query", "train", "database"), n):
+    labels = np.zeros((rows, 5), np.uint8)
+    labels[np.arange(rows), rng.integers(0, 5, rows)] = 1
+    if not single_label:
+      labels |= (rng.random((rows, 5)) < 0.3).astype(np.uint8)
+    np.savez(os.path.join(directory, f"{part}.npz"),
+             image=rng.normal(size=(rows, image_dim)).astype(np.float32),
+             text=rng.random((rows, 6)).astype(np.float32), labels=labels)
+  return str(directory)
+
+
+def test_file_system_and_saved_file_errors_are_one_line(tmp_path, cache_dir,
+                                                         scbch_reference):
+  """OSError (a file where a folder should be, a dangling link, a name too
+  long), config.json that is not a JSON object or not JSON, another method's
+  workdir: one line each, exit 2."""
+  base = lambda w, *extra: command("scbch", w, cache_dir, *extra)
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x\n")
+  os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+  (tmp_path / "ck").mkdir()
+  (tmp_path / "ck" / "checkpoints").write_text("x\n")
+  for name, text in (("cj_list", "[1, 2]\n"), ("cj_bad", '{"method": \n')):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(text)
+  dcgmh_here = copy_run(scbch_reference, tmp_path / "scbch_run")
+  cases = {
+      "below a file": (base(a_file / "run"), "Not a directory"),
+      "dangling link": (base(tmp_path / "dangling"),
+                        f"a symbolic link to '{tmp_path / 'nowhere'}', which does not exist"),
+      "checkpoints is a file": (base(tmp_path / "ck"), "checkpoints"),
+      "name too long": (base(tmp_path / ("x" * 300)), "File name too long"),
+      "config.json a list": (base(tmp_path / "cj_list"),
+                             "config.json: expected a JSON object, got a list"),
+      "config.json not JSON": (base(tmp_path / "cj_bad"), "config.json: not valid JSON"),
+      "another method's workdir": (command("dcgmh", dcgmh_here, cache_dir),
+                                   "error: --config.method: workdir "),
+  }
+  lines = _one_line_each(cases)
+  assert "holds scbch, this is dcgmh" in lines["another method's workdir"]
+  assert len(lines["another method's workdir"]) < 200
+
+
+def test_bad_data_files_and_outputs_are_one_line(tmp_path, cache_dir, scbch_reference):
+  """Data and output mistakes of training, encode, search, evaluate, sweep
+  and prepare-data: one line naming the file, key or flag, exit 2."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  from common import index as index_lib  # pylint: disable=g-import-not-at-top
+  base = lambda w, *extra: command("scbch", w, cache_dir, *extra)
+  zero = _own_data(tmp_path / "zero", image_dim=0)
+  all_dir = tmp_path / "all"
+  all_dir.mkdir()
+  np.savez(all_dir / "all.npz", image=np.ones((50, 4)), text=np.ones((50, 3)),
+           labels=np.eye(5)[np.arange(50) % 5])
+  good = tmp_path / "q.npz"
+  np.savez(good, image=np.zeros((3, 64), np.float32))
+  cut = tmp_path / "cut.npz"
+  cut.write_bytes(good.read_bytes()[:200])
+  npy = tmp_path / "array.npz"
+  with open(npy, "wb") as f:
+    np.save(f, np.zeros((3, 64)))
+  (tmp_path / "bad_sweep.py").write_text("def get_sweep(:\n")
+  # An index whose codes file is cut short, and one with a broken meta.json.
+  bits = 16
+  codes = np.where(np.random.default_rng(0).random((20, bits)) < 0.5, 1, -1).astype(np.int8)
+  for name in ("idx_cut", "idx_meta"):
+    index_lib.save_index(str(tmp_path / name / "fused"), index_lib.pack_codes(codes),
+                         np.arange(20), bits, {"modality": "fused", "method": "dcgmh"})
+  codes_file = next(p for p in (tmp_path / "idx_cut" / "fused").iterdir()
+                    if p.name.startswith("codes"))
+  codes_file.write_bytes(codes_file.read_bytes()[:20])
+  (tmp_path / "idx_meta" / "fused" / "meta.json").write_text('{"meta": ')
+  np.savez(tmp_path / "qcodes.npz", codes=codes[:3])
+  existing = tmp_path / "hits.json"
+  existing.write_text("{}")
+  (tmp_path / "out_dir.json").mkdir()
+  (tmp_path / "enc_out").mkdir()
+  (tmp_path / "enc_out" / "codes.npz").write_bytes(b"old")
+  secret = tmp_path / "secret.txt"
+  secret.write_bytes(b"SECRET" * 100)
+  hostile = str(tmp_path / "hostile.h5")
+  with h5py.File(hostile, "w") as f:
+    for part in ("query", "train", "database"):
+      f.create_dataset(f"{part}/image", shape=(4, 4), dtype="u1",
+                       external=[(str(secret), 0, 16)])
+  py = lambda module, *args: [sys.executable, "-m", module, *args]
+  search = lambda index, out, *extra: py(
+      "launch.search", f"--index={index}", f"--queries={tmp_path / 'qcodes.npz'}",
+      "--direction=fused", f"--out={out}", *extra)
+  cases = {
+      "0-column features": (base(tmp_path / "w0", f"--config.dataset=folder:{zero}"),
+                            "key 'image': 0 columns"),
+      "all.npz without sizes": (base(tmp_path / "wa", f"--config.dataset=folder:{all_dir}"),
+                                "error: --config.query_size=None"),
+      "truncated npz to evaluate": (py("launch.evaluate", f"--codes={cut}",
+                                       f"--out_dir={tmp_path / 'ev'}"), str(cut)),
+      "truncated npz to encode": (py("launch.encode", f"--workdir={scbch_reference}",
+                                     f"--data={cut}", f"--out={tmp_path / 'e1'}"), str(cut)),
+      "npy saved as npz": (py("launch.encode", f"--workdir={scbch_reference}", f"--data={npy}",
+                              f"--out={tmp_path / 'e2'}"), "a single .npy array"),
+      "encode --out not empty": (py("launch.encode", f"--workdir={scbch_reference}",
+                                    f"--data={good}", f"--out={tmp_path / 'enc_out'}"),
+                                 "not empty; pass --overwrite"),
+      "search --out exists": (search(tmp_path / "idx_meta", existing),
+                              "exists; pass --overwrite"),
+      "search --out a folder": (search(tmp_path / "idx_meta", tmp_path / "out_dir.json"),
+                                "is a folder"),
+      "truncated index": (search(tmp_path / "idx_cut", tmp_path / "h1.json"),
+                          "a damaged index"),
+      "index meta.json not JSON": (search(tmp_path / "idx_meta", tmp_path / "h2.json"),
+                                   "meta.json"),
+      "sweep syntax error": (py("launch.sweep", f"--sweep={tmp_path / 'bad_sweep.py'}",
+                                f"--root={tmp_path / 'sw'}"), "bad_sweep.py, line 1"),
+      "external storage in h5": (py("launch.prepare_data", f"--dataset=folder:{hostile}",
+                                    f"--tfds_dir={tmp_path / 'tfds'}"), "external storage"),
+  }
+  lines = _one_line_each(cases)
+  assert "hostile.h5" in lines["external storage in h5"]
+  assert (tmp_path / "enc_out" / "codes.npz").read_bytes() == b"old"
+  assert existing.read_text() == "{}"
+  for directory, _, files in os.walk(tmp_path / "tfds"):  # nothing copied out
+    for name in files:
+      with open(os.path.join(directory, name), "rb") as f:
+        assert b"SECRET" not in f.read(), name
+
+
+def test_read_only_workdir_is_one_line(tmp_path, cache_dir, scbch_reference):
+  """A read-only file system (root ignores permission bits: a read-only
+  tmpfs) for training and for nhj-evaluate's default output folder."""
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  shutil.copytree(scbch_reference, ro / "run")
+  try:
+    proc = subprocess.run(["mount", "-o", "bind,ro", str(ro), str(ro)],
+                          capture_output=True, timeout=30)
+  except (OSError, subprocess.TimeoutExpired):
+    pytest.skip("cannot mount here")
+  if proc.returncode != 0:
+    pytest.skip("cannot bind-mount read-only here (needs root)")
+  try:
+    cases = {
+        "train": (command("scbch", ro / "new", cache_dir), "Read-only file system"),
+        "evaluate": ([sys.executable, "-m", "launch.evaluate", f"--workdir={ro / 'run'}"],
+                     "Read-only file system"),
+    }
+    _one_line_each(cases)
+  finally:
+    subprocess.run(["umount", "-l", str(ro)], capture_output=True, timeout=30)
+
+
+def test_evaluate_step_prints_no_library_info_lines(scbch_reference, tmp_path):
+  rc, out, err = run([sys.executable, "-m", "launch.evaluate",
+                      f"--workdir={scbch_reference}", "--step=12",
+                      f"--out_dir={tmp_path / 'ev'}"])
+  assert rc == 0, err
+  assert not re.search(r"^I\d{4} ", err, re.M), err  # absl INFO lines (Orbax)
+  assert len(err.strip().splitlines()) <= 2, err
+
+
+def test_dcgmh_defaults_run_on_single_label_data(tmp_path, cache_dir):
+  """nhj-dcgmh with its default noise (dcgmh protocol, τ = 0.4) on a
+  single-label folder: the run finishes, and its noise summary says the
+  new-count chunks kept the count (docs/data.md)."""
+  data = _own_data(tmp_path / "single", single_label=True)
+  cmd = [sys.executable, "-m", "launch.dcgmh", f"--config.dataset=folder:{data}",
+         "--config.batch_size=32", "--config.bits=16", "--config.epochs=2",
+         "--config.progress=false", *METHOD_ARGS["dcgmh"],
+         f"--compilation_cache_dir={cache_dir}", f"--workdir={tmp_path / 'run'}"]
+  out, err = run_ok(cmd)
+  assert "'protocol': 'dcgmh'" in out and "'same_label_count': 1" in out, out
+  assert "'corrupted_items': 64" in out, out  # ⌊0.4 · 160⌋
+  assert os.path.exists(tmp_path / "run" / "dcgmh_codes.npz")
+  assert "note: 160 training items" in out  # the schedule hint
+
+
+def test_diverged_codes_in_the_cscc_pass_name_the_cause_and_the_fix():
+  """A run whose last steps diverged reaches the CSCC pass with non-finite
+  codes: the message is the loop's kind (diverged, lower the lr), not a bare
+  "`u` contains NaN"."""
+  from scbch_jax import cscc  # pylint: disable=g-import-not-at-top
+  u = np.ones((8, 4), np.float32)
+  u[3, 1] = np.nan
+  v = np.ones((8, 4), np.float32)
+  labels = np.eye(4, dtype=np.float32)[np.arange(8) % 4]
+  with pytest.raises(ValueError) as error:
+    cscc.neighbour_consistency_weights(u, v, labels, k=2)
+  message = str(error.value)
+  assert "training diverged" in message and "config.lr" in message, message
+  from launch.cli import as_flag_names  # pylint: disable=g-import-not-at-top
+  assert "--config.lr" in as_flag_names(message)

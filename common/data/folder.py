@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zipfile
 
 import h5py
 import numpy as np
@@ -57,14 +56,10 @@ _Named = tuple[np.ndarray, str]
 
 
 def _npz_arrays(path: str, *, allowed: tuple[str, ...]) -> dict[str, _Named]:
-  matio.require_file(path)
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      present = sorted(z.files)
-      out = {k: (z[k], matio.where(path, k)) for k in present if k in allowed}
-  except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-    raise ValueError(f"file {path!r}: cannot be read as a NumPy .npz of "
-                     f"plain arrays ({e}).") from e
+  # Headers checked against the file's size first; errors name the file.
+  arrays = matio.load_npz(path, allowed)
+  present = sorted(matio.check_npz(path))
+  out = {k: (x, matio.where(path, k)) for k, x in arrays.items()}
   for key in present:
     if key not in allowed:
       raise ValueError(f"{matio.where(path, key)}: unexpected key; allowed "
@@ -81,7 +76,9 @@ def _h5_arrays(path: str) -> dict[str, dict[str, _Named]]:
   if not h5py.is_hdf5(path):
     raise ValueError(f"file {path!r}: not an HDF5 file.")
   parts = {}
-  with h5py.File(path, "r") as f:
+  # open_h5 refuses external links / storage and virtual datasets, and
+  # shapes the file cannot hold, before anything is read.
+  with matio.open_h5(path) as f:
     for part in _PARTS:
       allowed = _REQUIRED + (_OPTIONAL if part == "train" else ("ids",))
       group = f.get(part)
@@ -136,6 +133,10 @@ def _clean(part: str, arrays: dict[str, _Named]) -> dict[str, _Named]:
       out[key] = (x.astype(np.int64), where)
       continue
     x = _as_float_matrix(x, where)
+    if x.shape[1] == 0:
+      raise ValueError(f"{where}: 0 columns (shape {x.shape}); every item needs "
+                       + ("at least one feature." if key in _FEATURES
+                          else "at least one class column."))
     if key in _FEATURES:
       validation.check_finite(x, where=where)
     else:
@@ -203,8 +204,11 @@ def _split_all(path: str, query_size, train_size) -> dict[str, dict]:
   for arg, value in (("query_size", query_size), ("train_size", train_size)):
     if isinstance(value, (bool, np.bool_)) or not isinstance(
         value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{arg}={value!r}: a positive integer is required for "
-                       f"the single-file layout {path!r}.")
+      raise ValueError(
+          f"config.{arg}={value!r}: a positive integer is required for the "
+          f"single-file layout {path!r} (all.npz is cut into query, train and "
+          f"database rows by config.query_size and config.train_size; "
+          f"nhj-prepare-data: --{arg})")
   data = _clean("all", _npz_arrays(path, allowed=_REQUIRED + _OPTIONAL))
   total = data["labels"][0].shape[0]
   if query_size + train_size > total:

@@ -7,12 +7,22 @@ never holds a second full-size copy in memory.
 An empty, truncated or corrupt file (an interrupted download or copy) is
 reported as one ValueError line naming the file, not as the HDF5 or scipy
 error it causes deep down.
+
+Files may come from anyone, so before anything is read:
+* an HDF5 file (MATLAB v7.3 included) with an external link, a virtual
+  dataset or a dataset with external storage is refused, naming the file
+  and the object (such a file can make a reader return the bytes of ANY
+  local file, which would then be copied into a shareable data set);
+* every shape a header claims (HDF5 datasets, .npz members, .npy files) is
+  compared with the bytes the file can hold; a claim that cannot be true (a
+  few-KB file claiming 100 GiB) is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import zipfile
 from typing import Iterator, Sequence
 
 import h5py
@@ -22,6 +32,110 @@ from common.data import validation
 
 # Bytes of float32 output per block when copying an HDF5 dataset.
 _BLOCK_BYTES = 64 << 20
+# The most one compressed byte can expand to: deflate's limit is ~1032:1;
+# other HDF5 / zip filters (lzf, szip, bzip2 in zip) stay below 1032 on data
+# as well, except degenerate inputs that no feature file is.
+MAX_EXPANSION = 1100
+# Headers of the .npy / HDF5 object itself: slack allowed on top of the data.
+_HEADER_SLACK = 1 << 16
+
+
+class UnsafeFileError(ValueError):
+  """A file whose structure could make a reader read other files."""
+
+
+def _memory_bytes() -> int | None:
+  try:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_claimed_bytes(path: str, name: str, claimed: int, *, stored: int,
+                        compressed: bool, sparse: bool = False) -> None:
+  """Refuses an array header whose size cannot be true for this file.
+
+  Args:
+    path: the file (for the message).
+    name: the array inside it (dataset / member), for the message.
+    claimed: bytes the header's shape and dtype claim.
+    stored: bytes of the file that hold this array's data (the file's size,
+      or the member's / dataset's stored size where that is known).
+    compressed: whether the stored bytes are compressed (then each may stand
+      for up to MAX_EXPANSION bytes).
+    sparse: a sparse matrix (MATLAB v5), densified on reading: its dense size
+      has no bound in the file's size; only the memory check applies.
+
+  Raises:
+    ValueError: naming file, array, the claim and what the file can hold.
+  """
+  limit = stored * (MAX_EXPANSION if compressed else 1) + _HEADER_SLACK
+  file_size = os.path.getsize(path)
+  problem = None
+  if sparse:
+    pass
+  elif stored > file_size + _HEADER_SLACK:
+    problem = f"its stored size {stored:,} B is more than the file's {file_size:,} B"
+  elif claimed > limit:
+    problem = (f"its header claims {claimed:,} B ({claimed / 2**30:.1f} GiB) but "
+               f"the file holds {stored:,} B of it"
+               + (" (compressed)" if compressed else ""))
+  if problem is None:
+    memory = _memory_bytes()
+    if memory and claimed > memory:
+      problem = (f"its header claims {claimed / 2**30:.1f} GiB, more than this "
+                 f"machine's {memory / 2**30:.1f} GiB of memory")
+  if problem:
+    raise ValueError(f"{where(path, name)}: {problem}; the file is damaged or "
+                     "not what it says, refusing to read it.")
+
+
+def _walk_h5(group: h5py.Group, path: str, seen: set) -> Iterator[h5py.Dataset]:
+  """Every dataset under `group`, refusing external links; soft links inside
+  the file are followed once (by object address)."""
+  for name in group:
+    link = group.get(name, getlink=True)
+    full = f"{group.name.rstrip('/')}/{name}"
+    if isinstance(link, h5py.ExternalLink):
+      raise UnsafeFileError(
+          f"{where(path, full)}: an HDF5 external link to {link.filename!r} "
+          f"({link.path}); refusing to follow links out of the file.")
+    try:
+      obj = group[name]
+    except (KeyError, OSError):  # a dangling soft link: nothing to read
+      continue
+    address = h5py.h5o.get_info(obj.id).addr
+    if address in seen:
+      continue
+    seen.add(address)
+    if isinstance(obj, h5py.Group):
+      yield from _walk_h5(obj, path, seen)
+    elif isinstance(obj, h5py.Dataset):
+      yield full, obj
+
+
+def check_h5(f: h5py.File) -> None:
+  """Refuses an open HDF5 file with external links, virtual datasets or
+  datasets with external storage, and any dataset whose shape claims more
+  bytes than the file can hold (naming file and dataset)."""
+  path = f.filename
+  for full, ds in _walk_h5(f, path, set()):
+    if ds.is_virtual:
+      raise UnsafeFileError(
+          f"{where(path, full)}: a virtual dataset (its data lives in other "
+          "files); refusing to read it.")
+    plist = ds.id.get_create_plist()
+    if plist.get_external_count() > 0:
+      target = plist.get_external(0)[0].decode(errors="replace")
+      raise UnsafeFileError(
+          f"{where(path, full)}: a dataset with external storage (its bytes "
+          f"are read from {target!r}); refusing to read it.")
+    if ds.dtype.kind in "OV" or ds.shape is None:  # references, compound: not data
+      continue
+    claimed = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
+    compressed = plist.get_nfilters() > 0
+    stored = ds.id.get_storage_size() if compressed else os.path.getsize(path)
+    check_claimed_bytes(path, full, claimed, stored=stored, compressed=compressed)
 
 
 def where(path: str, key: str) -> str:
@@ -56,6 +170,10 @@ def open_h5(path: str) -> Iterator[h5py.File]:
   except OSError as e:
     raise _damaged(path, "HDF5", e) from e
   with f:
+    try:
+      check_h5(f)
+    except OSError as e:  # damaged metadata found while checking
+      raise _damaged(path, "HDF5", e) from e
     try:
       yield f
     except OSError as e:  # h5py raises OSError for unreadable data blocks
@@ -161,7 +279,17 @@ def read_mat(path: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
   import scipy.io  # pylint: disable=g-import-not-at-top
   import scipy.sparse  # pylint: disable=g-import-not-at-top
   try:
+    # Shapes from the headers first: refuse what the file cannot hold.
+    for name, shape, kind in scipy.io.whosmat(path):
+      if name in keys:
+        check_claimed_bytes(path, name, _claimed(shape, np.dtype(np.float64)),
+                            stored=os.path.getsize(path), compressed=True,
+                            sparse=kind == "sparse")
     contents = scipy.io.loadmat(path, variable_names=list(keys))
+  except ValueError as e:
+    if str(e).startswith("file "):  # check_claimed_bytes: already one line
+      raise
+    raise _damaged(path, "MATLAB", e) from e
   except MemoryError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -181,3 +309,99 @@ def read_mat(path: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
     validation.check_matrix(x, where=where(path, k))
     result[k] = x.astype(np.float32, copy=False)
   return result
+
+
+# ------------------------------------------------------------------- NumPy
+
+
+def _npy_header(fp, path: str, name: str) -> tuple[tuple, np.dtype]:
+  """(shape, dtype) from an .npy header read from `fp` (nothing allocated)."""
+  try:
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+      shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+      shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:
+      raise ValueError(f"unsupported .npy format version {version}")
+  except (ValueError, EOFError, OSError) as e:
+    raise ValueError(f"{where(path, name)}: not a readable .npy array "
+                     f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                     "the file is truncated or not NumPy's.") from e
+  return shape, dtype
+
+
+def _claimed(shape, dtype) -> int:
+  return int(np.prod(shape, dtype=np.int64)) * max(dtype.itemsize, 1)
+
+
+def check_npz(path: str) -> list[str]:
+  """The member names of an .npz, after checking that it is a zip archive
+  whose every member's .npy header claims no more than the member holds.
+
+  Raises:
+    ValueError: not an .npz (an .npy saved under that name, a truncated
+      archive, ...) or a member whose claim cannot be true; naming the file.
+  """
+  require_file(path)
+  with open(path, "rb") as f:
+    head = f.read(6)
+  if head == b"\x93NUMPY":
+    raise ValueError(f"file {path!r}: a single .npy array, not an .npz archive "
+                     "(write it with np.savez(path, image=..., text=..., ...)).")
+  try:
+    with zipfile.ZipFile(path) as z:
+      names = []
+      for info in z.infolist():
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        compressed = info.compress_type != zipfile.ZIP_STORED
+        if not compressed and info.file_size != info.compress_size:
+          raise ValueError(f"{where(path, name)}: inconsistent zip sizes; the "
+                           "file is damaged.")
+        check_claimed_bytes(path, name, info.file_size, stored=info.compress_size,
+                            compressed=compressed)
+        with z.open(info) as member:
+          shape, dtype = _npy_header(member, path, name)
+        if _claimed(shape, dtype) > info.file_size:
+          raise ValueError(
+              f"{where(path, name)}: its header claims shape {shape} "
+              f"({_claimed(shape, dtype):,} B) but the member holds "
+              f"{info.file_size:,} B; the file is damaged, refusing to read it.")
+        names.append(name)
+      return names
+  except zipfile.BadZipFile as e:
+    raise ValueError(f"file {path!r}: cannot be read as an .npz archive ({e}); it is "
+                     "truncated or not NumPy's (write it with np.savez).") from e
+
+
+def load_npz(path: str, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """The arrays of an .npz (those of `keys` only, when given), read after
+  check_npz; every failure is one ValueError naming the file."""
+  names = check_npz(path)
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in names if keys is None or k in keys}
+  except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+    raise ValueError(f"file {path!r}: cannot be read as a NumPy .npz of plain "
+                     f"arrays ({str(e).splitlines()[0] if str(e) else type(e).__name__}).") from e
+
+
+def load_npy(path: str) -> np.ndarray:
+  """One .npy array, its header checked against the file's size first."""
+  require_file(path)
+  with open(path, "rb") as f:
+    if f.read(4) == b"PK\x03\x04":
+      raise ValueError(f"file {path!r}: an .npz archive, not a single .npy array.")
+    f.seek(0)
+    shape, dtype = _npy_header(f, path, "(array)")
+    offset = f.tell()
+  size = os.path.getsize(path)
+  if _claimed(shape, dtype) > size - offset:
+    raise ValueError(f"file {path!r}: its header claims shape {shape} "
+                     f"({_claimed(shape, dtype):,} B) but the file holds "
+                     f"{size - offset:,} B; it is truncated or damaged.")
+  try:
+    return np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    raise ValueError(f"file {path!r}: cannot be read as a NumPy .npy array "
+                     f"({str(e).splitlines()[0] if str(e) else type(e).__name__}).") from e

@@ -112,6 +112,12 @@ def dcgmh_four_way(labels: np.ndarray, rate: float, *,
   true negatives than wrong classes needed gets all of its negatives (as the
   release does), so its count can end up lower than planned.
 
+  Same-count data (every item has the same number of labels, e.g. single-label
+  data): no m ≠ n exists, so chunks (c) and (d) keep the count, m = n, and
+  act as (a) and (b). With one label an item, every corrupted item then has
+  its label replaced by a wrong class. `same_label_count(labels)` tells when
+  this applies; runs record it in their noise summary.
+
   Args:
     labels: (N, C) 0/1 labels.
     rate: τ in [0, 1].
@@ -121,8 +127,7 @@ def dcgmh_four_way(labels: np.ndarray, rate: float, *,
     (noisy float32 (N, C), chunk int8 (N,): 0..3 for chunks a..d, -1 else).
 
   Raises:
-    ValueError: bad inputs, fewer than k eligible items, or chunks (c)/(d)
-      non-empty while all items have the same label count (no m ≠ n exists).
+    ValueError: bad inputs, or fewer than k eligible items.
   """
   labels = _check_inputs(labels, rate, seed)
   rng = np.random.Generator(np.random.PCG64(seed))
@@ -136,11 +141,8 @@ def dcgmh_four_way(labels: np.ndarray, rate: float, *,
   cid = chunk[chosen]
   n = counts[chosen]
   n_min, n_max = int(counts.min()), int(counts.max())
-  new_count = cid >= 2
-  if new_count.any() and n_min == n_max:
-    raise ValueError(
-        "protocol='dcgmh' chunks (c)/(d) need a new label count m != n from "
-        f"[n_min, n_max] = [{n_min}, {n_max}], which is empty.")
+  # Same-count data: no m != n exists; chunks (c)/(d) keep the count.
+  new_count = (cid >= 2) & (n_min != n_max)
   # m uniform over {n_min..n_max} without n: draw from a range one shorter and
   # skip over n.
   span = max(n_max - n_min, 1)
@@ -156,6 +158,13 @@ def dcgmh_four_way(labels: np.ndarray, rate: float, *,
   noisy = labels.copy()
   noisy[chosen] = (kept | added).astype(np.float32)
   return noisy, chunk
+
+
+def same_label_count(labels: np.ndarray) -> bool:
+  """Whether every item has the same number of labels (e.g. single-label
+  data): then the dcgmh protocol's chunks (c)/(d) keep the count."""
+  counts = np.asarray(labels).sum(axis=1)
+  return counts.size > 0 and bool(counts.min() == counts.max())
 
 
 def _symmetric(labels: np.ndarray, rate: float,
