@@ -9,6 +9,7 @@ Errors raised with `config.<key>` in the message are shown as `--config.<key>`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import os
 import re
@@ -22,11 +23,18 @@ from absl import logging
 from ml_collections import config_flags
 
 import configs
+from common import preemption
 
 FLAGS = flags.FLAGS
 USER_ERRORS = (flags.ValidationError, FileNotFoundError, KeyError, ValueError,
                FloatingPointError, TypeError)
 DEFAULT_CACHE = os.path.join("~", ".cache", "noisy_hashing_jax", "xla")
+SECOND_INTERRUPT = ("interrupted (a second Ctrl-C): stopped at once, this step not "
+                    "saved; re-run the same command to resume from the last "
+                    "complete checkpoint")
+# Exit status of a command interrupted by Ctrl-C outside a training run
+# (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
 
 
 def config_path(method: str) -> str:
@@ -113,23 +121,42 @@ def start(argv: list[str]) -> None:
 def trainer_main(method: str) -> Callable[[list[str]], None]:
   """The `main` of nhj-<method>: start-up, then experiment.run on --config."""
   def main(argv):
-    start(argv)
-    from common import experiment  # after start-up: JAX is configured by now
-    # The imported stack is permanent: keep it out of every GC pass of the run
-    # (full passes over it cost 0.6-1.0 s in a small run).
-    gc.freeze()
-    config = FLAGS.config
-    if config.method != method:
-      raise flags.ValidationError(
-          f"--config is a {config.method} config; nhj-{method} needs configs/{method}.py")
-    from common import preemption
-    try:
-      experiment.run(config, FLAGS.workdir or os.path.join("runs", method),
-                     eval_only=FLAGS.eval_only, eval_step=FLAGS.eval_step)
-    except preemption.PreemptedError as e:  # a clean, resumable stop: exit 0
-      if jax.process_index() == 0:
-        print(e, file=sys.stderr, flush=True)
+    # From here on a signal is recorded (experiment.run's guard takes it over
+    # and stops at its first check): start-up is covered too.
+    with (contextlib.nullcontext() if FLAGS.eval_only
+          else preemption.PreemptionGuard()):
+      _trainer(method, argv)
   return main
+
+
+def _trainer(method: str, argv: list[str]) -> None:
+  """trainer_main's main inside its signal guard: start-up, then experiment.run."""
+  start(argv)
+  from common import experiment  # after start-up: JAX is configured by now
+  # The imported stack is permanent: keep it out of every GC pass of the run
+  # (full passes over it cost 0.6-1.0 s in a small run).
+  gc.freeze()
+  config = FLAGS.config
+  if config.method != method:
+    raise flags.ValidationError(
+        f"--config is a {config.method} config; nhj-{method} needs configs/{method}.py")
+  try:
+    experiment.run(config, FLAGS.workdir or os.path.join("runs", method),
+                   eval_only=FLAGS.eval_only, eval_step=FLAGS.eval_step)
+  except preemption.PreemptedError as e:
+    # A clean stop before the end: its line, then EXIT_STOPPED (75), so that
+    # `nhj-<method> ... && nhj-encode ...` does not go on with a half run.
+    if jax.process_index() == 0:
+      print(e, file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_STOPPED)
+  except KeyboardInterrupt:
+    if FLAGS.eval_only:
+      raise
+    # A second Ctrl-C: leave at once (no wait for a save in flight, no
+    # thread joins); the last complete checkpoint stays.
+    if jax.process_index() == 0:
+      print(SECOND_INTERRUPT, file=sys.stderr, flush=True)
+    os._exit(preemption.EXIT_STOPPED)  # pylint: disable=protected-access
 
 
 def as_flag_names(message: str) -> str:
@@ -169,6 +196,11 @@ def run_main(main: Callable[[list[str]], None]) -> None:
   def guarded(argv):
     try:
       main(argv)
+    except KeyboardInterrupt:
+      if os.environ.get("NHJ_TRACEBACK"):
+        raise
+      print("interrupted", file=sys.stderr, flush=True)
+      sys.exit(EXIT_INTERRUPTED)
     except USER_ERRORS as e:
       if os.environ.get("NHJ_TRACEBACK"):
         raise

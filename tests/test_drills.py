@@ -11,10 +11,12 @@ about a start-up plus a few steps. 2 simulated CPU devices.
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -202,26 +204,187 @@ def test_kill_9_at_seeded_points_then_rerun_gives_identical_codes(
   assert_same_codes(workdir, reference, method)
 
 
-def test_sigterm_checkpoints_the_step_exits_0_and_resumes_identically(
-    tmp_path, cache_dir, scbch_reference):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_signal_checkpoints_the_step_exits_75_and_resumes_identically(
+    sig, tmp_path, cache_dir, scbch_reference):
+  """SIGTERM (preemption) and SIGHUP (a closed terminal): the step reached is
+  saved, one line, exit 75 (so `nhj-scbch ... && nhj-encode ...` stops
+  there); the same command resumes and ends with the reference's codes."""
   workdir = str(tmp_path / "run")
   cmd = command("scbch", workdir, cache_dir)
   proc = start(cmd)
   wait_for(lambda: max_step(workdir) >= 4, proc, "step 4")
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(getattr(signal, sig))
   rc, out, err = finish(proc)
-  assert rc == 0, err
-  lines = [l for l in err.splitlines() if "preempted at step" in l]
-  assert len(lines) == 1, err
-  step = int(lines[0].split("preempted at step ")[1].split(";")[0])
-  assert lines[0] == (f"preempted at step {step}; checkpoint saved; "
-                      "re-run the same command to resume")
+  assert rc == 75, err
+  assert err.strip().splitlines() == [err.strip()], err  # one line
+  step = int(err.split("preempted at step ")[1].split(";")[0])
+  assert err.strip() == (f"preempted at step {step}; checkpoint saved; "
+                         "re-run the same command to resume")
   assert 4 <= step < TOTAL_STEPS
   assert steps_on_disk(workdir)[-1] == step
-  assert "Traceback" not in err, err
+  assert not os.path.exists(os.path.join(workdir, "scbch_codes.npz"))
+  if sig == "SIGHUP":
+    return  # the resume is the same as after SIGTERM
   out, _ = run_ok(cmd)
   assert f"at global step {step}" in out
   assert_same_codes(workdir, scbch_reference, "scbch")
+
+
+# The launcher, with a fault injected: `patch` runs before it is imported.
+_DRIVER = """
+import os, signal, sys, time
+from common import checkpoint, evaluator, preemption
+{patch}
+sys.argv = sys.argv[:1] + sys.argv[2:]
+from launch import scbch
+scbch.cli_main()
+"""
+
+
+def driven(patch, cmd):
+  """`cmd` (a launcher command) run through _DRIVER with `patch` applied."""
+  return [sys.executable, "-c", _DRIVER.format(patch=textwrap.dedent(patch)),
+          "--", *cmd[3:]]
+
+
+def test_sigterm_during_restore_or_export_is_one_line_and_exit_75(
+    tmp_path, cache_dir, scbch_reference):
+  """A SIGTERM during start-up (while the checkpoint is restored) and during
+  the final export: one line saying what is kept, exit 75 (before: no line,
+  143); re-runs finish with the reference's codes."""
+  workdir = copy_run(scbch_reference, tmp_path / "run")
+  for step in (15, 16):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+  os.remove(os.path.join(workdir, "scbch_codes.npz"))
+  cmd = command("scbch", workdir, cache_dir)
+  during_restore = driven("""
+      restore = checkpoint.Checkpointer.restore_newest_valid
+      def restore_newest_valid(self, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return restore(self, **kwargs)
+      checkpoint.Checkpointer.restore_newest_valid = restore_newest_valid
+      """, cmd)
+  rc, out, err = run(during_restore)
+  assert rc == 75, f"{out}\n{err}"
+  assert err.strip() == ("preempted at step 12 during start-up; checkpoint 12 kept; "
+                         "re-run the same command to resume"), err
+  assert steps_on_disk(workdir) == [12]
+  during_export = driven("""
+      export = evaluator.RetrievalEvaluator.export
+      def slow_export(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return export(self, *args, **kwargs)
+      evaluator.RetrievalEvaluator.export = slow_export
+      """, cmd)
+  rc, out, err = run(during_export)
+  assert rc == 75, f"{out}\n{err}"
+  assert err.strip() == (
+      f"preempted after training (step {TOTAL_STEPS} reported), before the results "
+      "and codes were written; the checkpoints are saved; re-run the same command "
+      "to finish"), err
+  assert steps_on_disk(workdir)[-1] == TOTAL_STEPS
+  assert not os.path.exists(os.path.join(workdir, "scbch_codes.npz"))
+  run_ok(cmd)
+  assert_same_codes(workdir, scbch_reference, "scbch")
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  keys = [(r["kind"], r["step"]) for r in records]
+  assert len(keys) == len(set(keys)), keys
+
+
+def test_a_second_ctrl_c_exits_at_once_with_one_line(tmp_path, cache_dir):
+  """The first Ctrl-C starts the stop (its checkpoint is being written: the
+  wait is made slow here); a second one leaves at once: one line, exit 75,
+  no traceback (before: 38 lines of KeyboardInterrupt)."""
+  workdir = str(tmp_path / "run")
+  marker = str(tmp_path / "stopping")
+  cmd = driven(f"""
+      record = preemption.PreemptionGuard._record
+      def _record(self, signum, frame):
+        record(self, signum, frame)
+        open({marker!r}, "w").close()
+      preemption.PreemptionGuard._record = _record
+      wait = checkpoint.Checkpointer.wait
+      def slow_wait(self):
+        if os.path.exists({marker!r}):
+          time.sleep(30)
+        return wait(self)
+      checkpoint.Checkpointer.wait = slow_wait
+      """, command("scbch", workdir, cache_dir))
+  proc = start(cmd)
+  wait_for(lambda: max_step(workdir) >= 4, proc, "step 4")
+  proc.send_signal(signal.SIGINT)
+  wait_for(lambda: os.path.exists(marker), proc, "the first Ctrl-C")
+  proc.send_signal(signal.SIGINT)
+  rc, out, err = finish(proc, timeout=20)  # not the 30 s wait
+  assert rc == 75, err
+  assert err.strip() == ("interrupted (a second Ctrl-C): stopped at once, this step "
+                         "not saved; re-run the same command to resume from the last "
+                         "complete checkpoint"), err
+
+
+def test_readers_beside_a_running_run_never_disturb_it(
+    tmp_path, cache_dir, scbch_reference):
+  """load_encoder, nhj-encode, nhj-search and evaluate_checkpoint in a loop on
+  a workdir while it trains with a checkpoint every step (a save is nearly
+  always in flight): the readers never fail and say where the run is, and
+  the run exits 0 with the codes of the uninterrupted reference run.
+
+  (Before: each reader's Orbax manager deleted the writer's in-flight
+  temporary checkpoint directory, failing the run with NOT_FOUND; and
+  evaluate_checkpoint was refused by the workdir lock.)"""
+  from common import experiment  # pylint: disable=g-import-not-at-top
+  from common.encoder import load_encoder  # pylint: disable=g-import-not-at-top
+  from launch import encode as encode_launcher  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  rng = np.random.default_rng(0)
+  items = str(tmp_path / "items.npz")
+  np.savez(items, image=rng.standard_normal((40, 64)).astype(np.float32),
+           text=rng.standard_normal((40, 32)).astype(np.float32))
+  proc = start(command("scbch", workdir, cache_dir, "--config.checkpoint_every=1"))
+  wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints"))
+           and steps_on_disk(workdir), proc, "a first checkpoint")
+  index = str(tmp_path / "index")
+  # nhj-search encoding its queries with the running workdir, over and over
+  # (an index of the finished reference: a checkpoint of the running run
+  # named by an index may be deleted by then, which nhj-search reports).
+  encode_launcher.encode_to_dir(scbch_reference, items, str(tmp_path / "ref_index"))
+  search = [sys.executable, "-m", "launch.search", f"--workdir={workdir}",
+            f"--index={tmp_path / 'ref_index'}", f"--queries={items}", "--k=3",
+            f"--out={tmp_path / 'hits.json'}"]
+  searches, searcher = [], start(search)
+  lines, reads = [], 0
+  while proc.poll() is None:
+    encoder = load_encoder(workdir, log=lines.append)
+    codes = encoder.encode(image=rng.standard_normal((3, 64)).astype(np.float32))
+    assert codes["image"].shape == (3, 16)
+    if reads % 2 == 0:
+      encode_launcher.encode_to_dir(workdir, items, index)
+      results = experiment.evaluate_checkpoint(workdir, log=lines.append)
+      assert 0.0 <= results["i2t"]["map"] <= 1.0
+    if searcher.poll() is not None:
+      searches.append(finish(searcher))
+      searcher = start(search)
+    reads += 1
+  rc, out, err = finish(proc)
+  searches.append(finish(searcher))
+  for search_rc, search_out, search_err in searches:
+    assert search_rc == 0, search_err
+    assert "40 queries" in search_out, search_out
+  lines += [l for _, _, e in searches for l in e.splitlines()]
+  assert rc == 0, f"{out}\n{err}"
+  assert "Traceback" not in err, err
+  assert_same_codes(workdir, scbch_reference, "scbch")
+  progress = [l for l in lines if l.startswith("run at step ")]
+  assert progress, (reads, lines)  # at least one read while it was training
+  for line in progress:
+    s, t, doing, x = re.fullmatch(
+        r"run at step (\d+) of (\d+); (encoding|evaluating) step (\d+)", line).groups()
+    assert int(t) == TOTAL_STEPS and 1 <= int(x) <= int(s) < TOTAL_STEPS, line
+  # Finished: the readers say nothing more.
+  lines.clear()
+  load_encoder(workdir, log=lines.append)
+  assert lines == []
 
 
 def test_damaged_latest_checkpoints_fall_back_with_one_line_each(
