@@ -211,16 +211,17 @@ def check_same_run(saved: Mapping[str, Any], now: Mapping[str, Any], *,
                    workdir: str, ignore: Iterable[str] = MAY_DIFFER_ON_RESUME) -> None:
   """Refuses to resume (or evaluate) a workdir written with another config,
   or on other data (a data file changed since, named)."""
-  differ = differences(saved, now, ignore=ignore)
-  if differ:
-    raise ConfigError(
-        f"workdir {workdir} holds a run with a different config ({'; '.join(differ)}). "
-        "Use a new workdir, or repeat the original config to resume.")
+  # The data first: values resolved from it (resolved.*) differ with it.
   changed = data_differences(to_dict(saved), to_dict(now))
   if changed:
     raise ConfigError(
         f"workdir {workdir} holds a run on other data ({'; '.join(changed)}). "
         "Use a new workdir, or restore the data the run started with.")
+  differ = differences(saved, now, ignore=ignore)
+  if differ:
+    raise ConfigError(
+        f"workdir {workdir} holds a run with a different config ({'; '.join(differ)}). "
+        "Use a new workdir, or repeat the original config to resume.")
 
 
 def load(path_or_workdir: str) -> ml_collections.ConfigDict:
