@@ -233,6 +233,7 @@ def main(argv: Sequence[str]) -> None:
   """Checks the flags, loads the codes, writes results and prints a table."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.quiet_library_logs()  # (--workdir --step restores a checkpoint with Orbax)
   out_dir = _OUT_DIR.value or (
       os.path.join(_WORKDIR.value, "eval") if _WORKDIR.value else None)
   prefix = _PREFIX.value

@@ -225,7 +225,19 @@ def test_a_signal_checkpoints_the_step_exits_75_and_resumes_identically(
   assert steps_on_disk(workdir)[-1] == step
   assert not os.path.exists(os.path.join(workdir, "scbch_codes.npz"))
   if sig == "SIGHUP":
-    return  # the resume is the same as after SIGTERM
+    # (The resume is the same as after SIGTERM.) The stopped run's readers
+    # use its newest checkpoint and say so on one line.
+    items = str(tmp_path / "items.npz")
+    np.savez(items, image=np.ones((3, 64), np.float32))
+    (evaluated, encoded) = [finish(start(c)) for c in (
+        [sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}"],
+        [sys.executable, "-m", "launch.encode", f"--workdir={workdir}",
+         f"--data={items}", f"--out={tmp_path / 'index'}", "--progress=false"])]
+    for (rc, out, err), doing in ((evaluated, "evaluating"), (encoded, "encoding")):
+      assert rc == 0, err
+      assert err.strip() == f"run at step {step} of {TOTAL_STEPS}; {doing} step {step}"
+    assert "i2t" in evaluated[1] and f"step {step}" in encoded[1]
+    return
   out, _ = run_ok(cmd)
   assert f"at global step {step}" in out
   assert_same_codes(workdir, scbch_reference, "scbch")
