@@ -29,12 +29,6 @@ FLAGS = flags.FLAGS
 USER_ERRORS = (flags.ValidationError, FileNotFoundError, KeyError, ValueError,
                FloatingPointError, TypeError)
 DEFAULT_CACHE = os.path.join("~", ".cache", "noisy_hashing_jax", "xla")
-SECOND_INTERRUPT = ("interrupted (a second Ctrl-C): stopped at once, this step not "
-                    "saved; re-run the same command to resume from the last "
-                    "complete checkpoint")
-# Exit status of a command interrupted by Ctrl-C outside a training run
-# (128 + SIGINT, as a shell reports it).
-EXIT_INTERRUPTED = 130
 
 
 def config_path(method: str) -> str:
@@ -118,45 +112,57 @@ def start(argv: list[str]) -> None:
   init_distributed()
 
 
+# A trainer stopped by a signal exits preemption.EXIT_STOPPED (75) after its
+# line; a second Ctrl-C leaves at once with this line, also 75.
+SECOND_INTERRUPT = ("interrupted (a second Ctrl-C): stopped at once, this step not "
+                    "saved; re-run the same command to resume from the last "
+                    "complete checkpoint")
+# Exit status of a command interrupted by Ctrl-C outside a training run
+# (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
+
+
 def trainer_main(method: str) -> Callable[[list[str]], None]:
   """The `main` of nhj-<method>: start-up, then experiment.run on --config."""
   def main(argv):
-    # From here on a signal is recorded (experiment.run's guard takes it over
-    # and stops at its first check): start-up is covered too.
+    start(argv)
+    from common import experiment  # after start-up: JAX is configured by now
+    # The imported stack is permanent: keep it out of every GC pass of the run
+    # (full passes over it cost 0.6-1.0 s in a small run).
+    gc.freeze()
+    config = FLAGS.config
+    if config.method != method:
+      raise flags.ValidationError(
+          f"--config is a {config.method} config; nhj-{method} needs configs/{method}.py")
+    try:
+      experiment.run(config, FLAGS.workdir or os.path.join("runs", method),
+                     eval_only=FLAGS.eval_only, eval_step=FLAGS.eval_step)
+    except preemption.PreemptedError as e:
+      # A clean stop before the end: its line, then EXIT_STOPPED (75), so that
+      # `nhj-<method> ... && nhj-encode ...` does not go on with a half run.
+      if jax.process_index() == 0:
+        print(e, file=sys.stderr, flush=True)
+      sys.exit(preemption.EXIT_STOPPED)
+    except KeyboardInterrupt:
+      if FLAGS.eval_only:
+        raise
+      # A second Ctrl-C: leave at once (no wait for a save in flight, no
+      # thread joins); the last complete checkpoint stays.
+      if jax.process_index() == 0:
+        print(SECOND_INTERRUPT, file=sys.stderr, flush=True)
+      os._exit(preemption.EXIT_STOPPED)  # pylint: disable=protected-access
+  return _signals_recorded(main)
+
+
+def _signals_recorded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """A trainer's main with its signals recorded from its first line (not with
+  --eval_only, a reader): experiment.run's guard takes a signal that arrived
+  during start-up over and stops at its first check."""
+  def recorded(argv):
     with (contextlib.nullcontext() if FLAGS.eval_only
           else preemption.PreemptionGuard()):
-      _trainer(method, argv)
-  return main
-
-
-def _trainer(method: str, argv: list[str]) -> None:
-  """trainer_main's main inside its signal guard: start-up, then experiment.run."""
-  start(argv)
-  from common import experiment  # after start-up: JAX is configured by now
-  # The imported stack is permanent: keep it out of every GC pass of the run
-  # (full passes over it cost 0.6-1.0 s in a small run).
-  gc.freeze()
-  config = FLAGS.config
-  if config.method != method:
-    raise flags.ValidationError(
-        f"--config is a {config.method} config; nhj-{method} needs configs/{method}.py")
-  try:
-    experiment.run(config, FLAGS.workdir or os.path.join("runs", method),
-                   eval_only=FLAGS.eval_only, eval_step=FLAGS.eval_step)
-  except preemption.PreemptedError as e:
-    # A clean stop before the end: its line, then EXIT_STOPPED (75), so that
-    # `nhj-<method> ... && nhj-encode ...` does not go on with a half run.
-    if jax.process_index() == 0:
-      print(e, file=sys.stderr, flush=True)
-    sys.exit(preemption.EXIT_STOPPED)
-  except KeyboardInterrupt:
-    if FLAGS.eval_only:
-      raise
-    # A second Ctrl-C: leave at once (no wait for a save in flight, no
-    # thread joins); the last complete checkpoint stays.
-    if jax.process_index() == 0:
-      print(SECOND_INTERRUPT, file=sys.stderr, flush=True)
-    os._exit(preemption.EXIT_STOPPED)  # pylint: disable=protected-access
+      main(argv)
+  return recorded
 
 
 def as_flag_names(message: str) -> str:
@@ -196,11 +202,6 @@ def run_main(main: Callable[[list[str]], None]) -> None:
   def guarded(argv):
     try:
       main(argv)
-    except KeyboardInterrupt:
-      if os.environ.get("NHJ_TRACEBACK"):
-        raise
-      print("interrupted", file=sys.stderr, flush=True)
-      sys.exit(EXIT_INTERRUPTED)
     except USER_ERRORS as e:
       if os.environ.get("NHJ_TRACEBACK"):
         raise
@@ -208,4 +209,18 @@ def run_main(main: Callable[[list[str]], None]) -> None:
   # Registered first, so it runs last: no collection pass over the whole
   # interpreter at exit (0.4 s; the process is ending anyway).
   atexit.register(gc.freeze)
-  app.run(guarded, flags_parser=_parse_flags)
+  app.run(_interruptible(guarded), flags_parser=_parse_flags)
+
+
+def _interruptible(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """main, with Ctrl-C outside a training run's guard shown as one line
+  (exit EXIT_INTERRUPTED) instead of a traceback; NHJ_TRACEBACK=1 shows it."""
+  def interruptible(argv):
+    try:
+      main(argv)
+    except KeyboardInterrupt:
+      if os.environ.get("NHJ_TRACEBACK"):
+        raise
+      print("interrupted", file=sys.stderr, flush=True)
+      sys.exit(EXIT_INTERRUPTED)
+  return interruptible

@@ -337,56 +337,63 @@ def test_a_second_ctrl_c_exits_at_once_with_one_line(tmp_path, cache_dir):
 
 def test_readers_beside_a_running_run_never_disturb_it(
     tmp_path, cache_dir, scbch_reference):
-  """load_encoder, nhj-encode, nhj-search and evaluate_checkpoint in a loop on
-  a workdir while it trains with a checkpoint every step (a save is nearly
-  always in flight): the readers never fail and say where the run is, and
-  the run exits 0 with the codes of the uninterrupted reference run.
+  """load_encoder and evaluate_checkpoint (in this process) and the nhj-encode
+  and nhj-search launchers (restarted as each ends) in a loop on a workdir
+  while it trains with a checkpoint every step (a save is nearly always in
+  flight): the readers never fail and say where the run is, and the run
+  exits 0 with the codes of the uninterrupted reference run.
 
   (Before: each reader's Orbax manager deleted the writer's in-flight
   temporary checkpoint directory, failing the run with NOT_FOUND; and
   evaluate_checkpoint was refused by the workdir lock.)"""
   from common import experiment  # pylint: disable=g-import-not-at-top
   from common.encoder import load_encoder  # pylint: disable=g-import-not-at-top
-  from launch import encode as encode_launcher  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
   rng = np.random.default_rng(0)
   items = str(tmp_path / "items.npz")
   np.savez(items, image=rng.standard_normal((40, 64)).astype(np.float32),
            text=rng.standard_normal((40, 32)).astype(np.float32))
+  # nhj-search encodes its queries with the running workdir against an index
+  # of the finished reference (a checkpoint of the running run that an index
+  # names may be deleted by then, which nhj-search reports).
+  ref_index = str(tmp_path / "ref_index")
+  run_ok([sys.executable, "-m", "launch.encode", f"--workdir={scbch_reference}",
+          f"--data={items}", f"--out={ref_index}", "--progress=false"])
+  launchers = {
+      "encode": [sys.executable, "-m", "launch.encode", f"--workdir={workdir}",
+                 f"--data={items}", f"--out={tmp_path / 'index'}", "--progress=false"],
+      "search": [sys.executable, "-m", "launch.search", f"--workdir={workdir}",
+                 f"--index={ref_index}", f"--queries={items}", "--k=3",
+                 f"--out={tmp_path / 'hits.json'}"]}
   proc = start(command("scbch", workdir, cache_dir, "--config.checkpoint_every=1"))
   wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints"))
            and steps_on_disk(workdir), proc, "a first checkpoint")
-  index = str(tmp_path / "index")
-  # nhj-search encoding its queries with the running workdir, over and over
-  # (an index of the finished reference: a checkpoint of the running run
-  # named by an index may be deleted by then, which nhj-search reports).
-  encode_launcher.encode_to_dir(scbch_reference, items, str(tmp_path / "ref_index"))
-  search = [sys.executable, "-m", "launch.search", f"--workdir={workdir}",
-            f"--index={tmp_path / 'ref_index'}", f"--queries={items}", "--k=3",
-            f"--out={tmp_path / 'hits.json'}"]
-  searches, searcher = [], start(search)
+  running = {name: start(cmd) for name, cmd in launchers.items()}
+  done = {name: [] for name in launchers}
   lines, reads = [], 0
   while proc.poll() is None:
     encoder = load_encoder(workdir, log=lines.append)
     codes = encoder.encode(image=rng.standard_normal((3, 64)).astype(np.float32))
     assert codes["image"].shape == (3, 16)
     if reads % 2 == 0:
-      encode_launcher.encode_to_dir(workdir, items, index)
       results = experiment.evaluate_checkpoint(workdir, log=lines.append)
       assert 0.0 <= results["i2t"]["map"] <= 1.0
-    if searcher.poll() is not None:
-      searches.append(finish(searcher))
-      searcher = start(search)
+    for name, reader in running.items():
+      if reader.poll() is not None:
+        done[name].append(finish(reader))
+        running[name] = start(launchers[name])
     reads += 1
   rc, out, err = finish(proc)
-  searches.append(finish(searcher))
-  for search_rc, search_out, search_err in searches:
-    assert search_rc == 0, search_err
-    assert "40 queries" in search_out, search_out
-  lines += [l for _, _, e in searches for l in e.splitlines()]
+  for name, reader in running.items():
+    done[name].append(finish(reader))
   assert rc == 0, f"{out}\n{err}"
   assert "Traceback" not in err, err
   assert_same_codes(workdir, scbch_reference, "scbch")
+  for name, runs in done.items():
+    for reader_rc, reader_out, reader_err in runs:
+      assert reader_rc == 0, f"{name}: {reader_err}"
+      assert ("encoded 40 items" if name == "encode" else "40 queries") in reader_out
+      lines += reader_err.splitlines()
   progress = [l for l in lines if l.startswith("run at step ")]
   assert progress, (reads, lines)  # at least one read while it was training
   for line in progress:
