@@ -138,6 +138,8 @@ def _dataset_kind(value: Any) -> Any:
 
 
 def _absolute(key: str, value: Any) -> Any:
+  if isinstance(value, str) and "://" in value:
+    return value
   if key in PATH_KEYS and isinstance(value, str) and value:
     return os.path.abspath(os.path.expanduser(value))
   if key == "dataset" and isinstance(value, str) and value.startswith("folder:"):

@@ -259,8 +259,9 @@ _SAMPLES, _SAMPLE_BYTES = 16, 4096
 
 def resolve_paths(config: ml_collections.ConfigDict) -> None:
   """Makes config.data_dir, config.tfds_dir and a folder:<path> dataset
-  absolute (in place; `~` expanded)."""
-  absolute = lambda p: os.path.abspath(os.path.expanduser(p))
+  absolute (in place; `~` expanded; URLs left as they are)."""
+  # (A URL such as gs://bucket/dir is left as it is.)
+  absolute = lambda p: p if "://" in p else os.path.abspath(os.path.expanduser(p))
   dataset = config.get("dataset")
   if isinstance(dataset, str) and dataset.startswith("folder:") and len(dataset) > 7:
     config.dataset = "folder:" + absolute(dataset[len("folder:"):])

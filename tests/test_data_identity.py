@@ -153,6 +153,21 @@ def test_paths_resolve_absolute_and_the_fingerprint_decides_identity(
   assert open(os.path.join(workdir, "config.json"), "rb").read() == before
 
 
+def test_resolve_paths(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", "/home/someone")
+  config = _config("folder:sub/../data")
+  with config.unlocked():
+    config.data_dir, config.tfds_dir = "~/mir", "gs://bucket/tfds"
+  run_data.resolve_paths(config)
+  assert config.dataset == "folder:" + str(tmp_path / "data")
+  assert config.data_dir == "/home/someone/mir"
+  assert config.tfds_dir == "gs://bucket/tfds"   # a URL stays as it is
+  synthetic = _config("synthetic:tiny")
+  run_data.resolve_paths(synthetic)
+  assert synthetic.dataset == "synthetic:tiny" and synthetic.data_dir is None
+
+
 def test_data_differences_name_each_file():
   fp = lambda size, sha: {"size": size, "mtime": 1.0, "sha256": sha}
   saved = {"data_files": {"root": "/old", "files": {
