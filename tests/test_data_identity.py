@@ -307,3 +307,30 @@ def test_non_finite_features_are_refused_naming_the_row(trained, bad, tmp_path):
   with pytest.raises(ValueError, match=f"--data={path}, key 'image': non-finite "
                                        r"value \(NaN/inf\) in row 3 \(id 103\)"):
     load_inputs(path)
+
+
+def test_search_names_an_index_checkpoint_that_is_gone(trained, tmp_path):
+  """nhj-search encodes queries with the checkpoint the index was built with;
+  when the run no longer keeps it (it kept training), one line says so."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from common import index as index_lib  # pylint: disable=g-import-not-at-top
+  _, workdir = trained
+  run = shutil.copytree(workdir, tmp_path / "run")
+  codes = np.where(np.random.default_rng(8).random((5, 8)) < 0.5, -1, 1)
+  index_lib.save_index(str(tmp_path / "index" / "text"), index_lib.pack_codes(codes),
+                       np.arange(5), 8, {"method": "scbch", "workdir": str(run),
+                                         "step": 3, "modality": "text"})
+  queries = str(tmp_path / "q.npz")
+  np.savez(queries, image=np.zeros((2, D_IMG), np.float32))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(
+      [sys.executable, "-m", "launch.search", f"--index={tmp_path / 'index'}",
+       f"--queries={queries}", f"--out={tmp_path / 'hits.json'}"],
+      cwd=root, env=dict(os.environ, PYTHONPATH=root), capture_output=True,
+      text=True, timeout=300)
+  assert done.returncode == 2, done.stderr
+  assert done.stderr.strip() == (
+      f"error: --index was built with checkpoint 3 of {run}, which is no longer kept; "
+      "re-run nhj-encode, or pass --step to encode the queries with a kept checkpoint "
+      "(a model other than the index's)"), done.stderr
