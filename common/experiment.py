@@ -146,7 +146,9 @@ def _check_not_past_end(config, workdir: str) -> None:
         meta = ckpt.read_meta(step)
       except (CheckpointReadError, FileNotFoundError):
         continue  # the loop falls back past a damaged checkpoint too
-      total = config.epochs * int(meta.get("steps_per_epoch", 0))
+      if not meta.get("steps_per_epoch"):
+        return  # (not recorded: nothing to compare)
+      total = config.epochs * int(meta["steps_per_epoch"])
       check(step <= total, "epochs", config.epochs,
             f"workdir {workdir} holds a run already at step {step} (epoch "
             f"{meta.get('epoch')}), past the {total} steps of {config.epochs} epochs; "
