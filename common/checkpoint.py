@@ -174,24 +174,53 @@ def _quiet_orbax_failures() -> None:
     sys.unraisablehook = _quiet_unraisablehook(sys.unraisablehook)
 
 
+def _from_read_only_manager(record: logging.LogRecord) -> bool:
+  # A read-only CheckpointManager announces itself at WARNING on every start.
+  return not (record.levelno == logging.WARNING
+              and str(record.msg).startswith("Given directory is read only"))
+
+
 class Checkpointer:
-  """Saves and restores (state, extras, meta) under `directory`."""
+  """Saves and restores (state, extras, meta) under `directory`.
+
+  read_only=True: a reader of a workdir that another process may be training
+  in (load_encoder, nhj-encode / nhj-search / nhj-evaluate, eval_only). It
+  writes nothing: it neither creates the directory nor cleans up temporary
+  directories (those of a writer's in-flight save: deleting one made that
+  save fail with NOT_FOUND), and it cannot save or delete. It lists only
+  complete checkpoints (Orbax renames a save into place when it is done).
+  """
 
   def __init__(self, directory: str, *, keep: int = 3, track_best: bool = False,
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     if keep < 1:
       raise ValueError(f"--keep={keep}: must keep at least one checkpoint")
     _quiet_orbax_failures()
-    policies = [managers.LatestN(n=keep)]
-    if track_best:
-      policies.append(managers.BestN(get_metric_fn=lambda m: m["score"], n=1,
-                                     keep_checkpoints_without_metrics=False))
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
-    )
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
+    if read_only:
+      absl_logger = logging.getLogger("absl")
+      if _from_read_only_manager not in absl_logger.filters:
+        absl_logger.addFilter(_from_read_only_manager)
+      # Every option that would write set to its read-only value (Orbax would
+      # otherwise change each one with a warning).
+      # lightweight_initialize: the steps are listed without reading Orbax's
+      # per-step metadata (a step the writer is deleting would warn).
+      options = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, cleanup_tmp_directories=False,
+          save_interval_steps=0, enable_async_checkpointing=False,
+          save_root_metadata=False, lightweight_initialize=True)
+    else:
+      policies = [managers.LatestN(n=keep)]
+      if track_best:
+        policies.append(managers.BestN(get_metric_fn=lambda m: m["score"], n=1,
+                                       keep_checkpoints_without_metrics=False))
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=managers.AnyPreservationPolicy(policies),
+          enable_async_checkpointing=async_save,
+          cleanup_tmp_directories=True,
+      )
+    self._options = options
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=_ITEMS)
     # Orbax cleans old temporary directories in a background thread that is
@@ -227,6 +256,17 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def reload(self) -> None:
+    """Lists the checkpoints on disk again (a writer may have added or
+    deleted some since this Checkpointer was opened)."""
+    if self.read_only:  # (Orbax's reload would read every step's metadata)
+      with contextlib.suppress(Exception):
+        self._manager.close()
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=self._options, item_names=_ITEMS)
+    else:
+      self._manager.reload()
+
   # ------------------------------------------------------------------ writing
 
   def save(self, step: int, *, state: PyTree, extras: Mapping[str, np.ndarray],
@@ -236,6 +276,8 @@ class Checkpointer:
     Raises:
       CheckpointWriteError: this save, or the previous asynchronous one, failed.
     """
+    if self.read_only:
+      raise RuntimeError(f"{self.directory} was opened read-only: cannot save")
     if self._failed is not None:
       raise self._failed
     self.wait()

@@ -23,7 +23,8 @@ Encoder passes one that places each padded batch sharded on the mesh.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+import sys
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -32,10 +33,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from common import parallel
 from common import run_config
 from common.data import pipeline
+from common.data import validation
 from common.reporting import ProgressBar
 
 PyTree = Any
 MODALITIES = ("image", "text")
+_FINITE_BLOCK = 4096  # rows checked for NaN/inf at a time
 
 
 # ------------------------------------------------------------------ Encoder
@@ -148,6 +151,13 @@ class Encoder:
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or \
         np.issubdtype(x.dtype, np.complexfloating):
       raise ValueError(f"{name}: expected real numbers, got dtype {x.dtype}")
+    # NaN/inf would become all -1 codes without a word: refused, naming the row.
+    if np.issubdtype(x.dtype, np.floating):
+      for lo in range(0, x.shape[0], _FINITE_BLOCK):
+        bad = ~np.isfinite(np.asarray(x[lo:lo + _FINITE_BLOCK])).all(axis=1)
+        if bad.any():
+          raise ValueError(f"{name}: non-finite value (NaN/inf) in row "
+                           f"{lo + int(np.argmax(bad))}")
     return x
 
   def encode(self, image=None, text=None, *, batch_size: int | None = None,
@@ -229,15 +239,26 @@ def read_record(workdir: str) -> dict:
   return record
 
 
+def _stderr(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
 def load_encoder(workdir: str, step: int | None = None, *,
-                 devices: list[jax.Device] | None = None) -> Encoder:
-  """The Encoder of a trained run.
+                 devices: list[jax.Device] | None = None,
+                 log: Callable[[str], None] = _stderr) -> Encoder:
+  """The Encoder of a trained (or training) run.
+
+  Reads only: no lock is taken and the checkpoints are opened read-only, so a
+  run training in `workdir` is not disturbed. Of a running (or stopped) run
+  it uses the newest complete checkpoint (the best so far when selecting) and
+  logs one line: `run at step S of T; encoding step X`.
 
   Args:
     workdir: a workdir of nhj-scbch / nhj-dcgmh / common.experiment.run.
     step: a kept checkpoint's global step; default the one a finished run
       reports: the best when config.selection != "last", else the latest.
     devices: devices to shard batches over (default jax.local_devices()).
+    log: where the line about an unfinished run goes (default stderr).
 
   Raises:
     FileNotFoundError: no workdir, config.json or checkpoint (the step).
@@ -253,6 +274,9 @@ def load_encoder(workdir: str, step: int | None = None, *,
   method = module.for_inference(config, resolved)
   state, step = train_loop.restore_for_eval(method, config, workdir, step=step,
                                             record=record)
+  line = experiment.progress_line(workdir, step, "encoding")
+  if line:
+    log(line)
   return Encoder(method, state, config=config, resolved=resolved,
                  workdir=os.path.abspath(workdir), step=int(step), devices=devices)
 
@@ -313,4 +337,18 @@ def load_inputs(spec: str, *, split: str = "database", flag: str = "data",
     raise ValueError(f"--{flag}={spec}, key 'ids': expected a 1-D integer array, "
                      f"got shape {ids.shape} dtype {ids.dtype}")
   out["ids"] = ids.astype(np.int64)
+  for key in ("image", "text"):
+    if key in out and np.ndim(out[key]) == 2 and np.issubdtype(out[key].dtype,
+                                                                 np.floating):
+      _check_finite_rows(out[key], out["ids"], where=f"--{flag}={spec}, key {key!r}")
   return out
+
+
+def _check_finite_rows(x: np.ndarray, ids: np.ndarray, *, where: str) -> None:
+  """ValueError naming the first row (and its id) holding a NaN or an inf."""
+  try:
+    validation.check_finite(x, where=where)
+  except ValueError:
+    row = int(np.argmax(~np.isfinite(x).all(axis=1)))
+    raise ValueError(f"{where}: non-finite value (NaN/inf) in row {row} (id "
+                     f"{int(ids[row])})") from None

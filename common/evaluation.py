@@ -49,6 +49,14 @@ def evaluate_direction(query_codes, db_codes, query_labels, db_labels, *,
       query_codes, db_codes, query_labels, db_labels, ties=ties,
       empty_queries=empty_queries, topk=topk, precision_ns=precision_ns,
       num_points=num_points, query_share=query_share)
+  if not math.isfinite(result["map"]):
+    # empty_queries="skip" with no query that has a relevant item: every AP is
+    # undefined. Refused rather than reported as mAP nan.
+    raise ValueError(
+        f"no query has a relevant database item ({result['num_queries_counted']} of "
+        f"{int(result['ap'].size)} queries counted; "
+        f"{int(np.sum(~np.asarray(db_labels).any(axis=1)))} of {int(np.shape(db_labels)[0])} "
+        "database items have no label), so mAP is undefined")
   return {
       "map": result["map"],
       "num_queries": int(result["ap"].size),

@@ -27,9 +27,11 @@ import numpy as np
 
 from common import evaluation
 from common import plots
+from common import preemption
 from common import run_config
 from common import run_data
 from common import workdir as workdir_lib
+from common.checkpoint import Checkpointer, CheckpointReadError
 from common.evaluator import RetrievalEvaluator
 from common.reporting import read_jsonl
 from common.run_config import ConfigError, check
@@ -69,8 +71,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def _lock(workdir: str):
   """An exclusive lock on the workdir (process 0; the run's other processes
   share it). A second run on the same workdir is refused, naming the holder."""
-  if not workdir:
-    raise ConfigError("workdir: required")
   if jax.process_index() != 0:
     return contextlib.nullcontext()
   return workdir_lib.WorkdirLock(workdir).acquire()
@@ -82,7 +82,9 @@ def _record(config, data, method) -> dict:
               "image_dim": data.splits.image_dim, "text_dim": data.splits.text_dim,
               "train_items": len(data.train_labels),
               **getattr(method, "resolved", {})}
-  return {**run_config.to_dict(config), "resolved": resolved}
+  return {**run_config.to_dict(config), "resolved": resolved,
+          run_config.VERSION_KEY: run_config.SCHEMA_VERSION,
+          run_config.DATA_KEY: run_data.data_fingerprints(config)}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False,
@@ -91,30 +93,74 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = Fa
   """Trains (resuming if possible) and evaluates; returns the final results dict.
 
   Args:
-    config: a run config (configs/scbch.py or configs/dcgmh.py).
+    config: a run config (configs/scbch.py or configs/dcgmh.py). Its paths
+      (data_dir, tfds_dir, folder:<path>) are made absolute here.
     workdir: checkpoints, metrics, results and codes go here.
     eval_only: do not train: evaluate a checkpoint (`eval_step`, default the
       best when selecting, else the latest) and write its results and codes.
+      A reader: it takes no lock and opens the checkpoints read-only, so it
+      may run beside a run training in the workdir (then it reads the newest
+      complete checkpoint and logs `run at step S of T; evaluating step X`).
     eval_step: with eval_only, the checkpoint's global step.
     log: where human-readable lines go (process 0 only).
     on_step: called after each global step (tests use it to simulate a crash).
 
   Raises:
-    ConfigError (a ValueError) naming config.<key>, before any compute.
-    common.preemption.PreemptedError: SIGTERM/SIGINT arrived; a checkpoint of
-      the step reached was saved, and the same call resumes from it.
+    ConfigError (a ValueError) naming config.<key>, before any compute; also
+      a re-run of a workdir whose run is already past config.epochs.
+    common.preemption.PreemptedError: SIGTERM/SIGHUP/SIGINT arrived (during
+      start-up, training, or the final evaluation and export); the checkpoints
+      reached are saved, and the same call resumes from them.
   """
   started = time.time()
   config = ml_collections.ConfigDict(config).lock()  # a private copy
   check_config(config)
+  run_data.resolve_paths(config)
   check(eval_step is None or eval_only, "eval_step", eval_step, "needs eval_only")
   log = log if _primary() else (lambda _: None)
-  with _lock(workdir):
-    return _run_locked(config, workdir, started=started, eval_only=eval_only,
-                       eval_step=eval_step, log=log, on_step=on_step)
+  if not workdir:
+    raise ConfigError("workdir: required")
+  if eval_only:
+    return _run_locked(config, workdir, started=started, eval_only=True,
+                       eval_step=eval_step, log=log, on_step=on_step, guard=None)
+  with preemption.PreemptionGuard() as guard, _lock(workdir):
+    return _run_locked(config, workdir, started=started, eval_only=False,
+                       eval_step=eval_step, log=log, on_step=on_step, guard=guard)
 
 
-def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step):
+def _stop_if_signalled(guard, step: int | None, detail: str) -> None:
+  """Raises PreemptedError (`detail` its line) when a signal has arrived
+  (agreed by all processes: every process calls this at the same point)."""
+  if guard is not None and guard.should_stop(step or 0, sync=True):
+    raise guard.error(step, detail=detail)
+
+
+def _check_not_past_end(config, workdir: str) -> None:
+  """Refuses a re-run whose config.epochs ends before the step the workdir's
+  run already reached (it would report the longer run as the shorter one)."""
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  try:
+    for step in reversed(ckpt.all_steps()):
+      try:
+        meta = ckpt.read_meta(step)
+      except (CheckpointReadError, FileNotFoundError):
+        continue  # the loop falls back past a damaged checkpoint too
+      if not meta.get("steps_per_epoch"):
+        return  # (not recorded: nothing to compare)
+      total = config.epochs * int(meta["steps_per_epoch"])
+      check(step <= total, "epochs", config.epochs,
+            f"workdir {workdir} holds a run already at step {step} (epoch "
+            f"{meta.get('epoch')}), past the {total} steps of {config.epochs} epochs; "
+            "use a new workdir, or evaluate a kept checkpoint (eval_only with "
+            "eval_step, nhj-evaluate --workdir --step)")
+      return
+  finally:
+    ckpt.close()
+
+
+def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step, guard):
+  if not eval_only:
+    _check_not_past_end(config, workdir)
   module = method_module(config.method)
   data = run_data.load_run_data(config)
   method = _LatestCodes(module.build(config, data))
@@ -123,6 +169,8 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
   if os.path.exists(config_path):
     run_config.check_same_run(run_config.read_json_object(config_path), record,
                               workdir=workdir)
+  _stop_if_signalled(guard, None, "preempted during start-up, before training; "
+                     "nothing new to save; re-run the same command to resume")
   evaluator = RetrievalEvaluator(
       {"test": (data.splits.query, data.splits.database),
        **({"val": data.val} if data.val is not None else {})},
@@ -138,6 +186,9 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
 
   if eval_only:
     state, step = restore_for_eval(method, config, workdir, step=eval_step, record=record)
+    line = progress_line(workdir, step, "evaluating")
+    if line:
+      log(line)
     results, _ = evaluator.evaluate(method, state, "test")
     results = with_settings(results, selection=f"checkpoint {step} (eval_only)",
                             selected_step=step)
@@ -149,6 +200,10 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
                    record=record, on_step=on_step, log=log)
     state, results, tag = result.state, result.results, "final"
     first_step, timing = result.first_step_seconds, result.timing
+  after_training = (f"preempted after training (step {results['settings']['selected_step']}"
+                    " reported), before the results and codes were written; the "
+                    "checkpoints are saved; re-run the same command to finish")
+  _stop_if_signalled(guard, results["settings"]["selected_step"], after_training)
   resolved = dict(getattr(method, "resolved", {}))
   # release_compat: {name: label} of the active quirks, the loop's and the
   # method's own (loop_plan has both); absent when off.
@@ -160,6 +215,7 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
   export_start = time.perf_counter()
   codes = evaluator.export(method, state)
   timing = dict(timing or {}, export=time.perf_counter() - export_start)
+  _stop_if_signalled(guard, results["settings"]["selected_step"], after_training)
   if _primary():
     finish_start = time.perf_counter()
     _finish(results, codes=codes, workdir=workdir, method=method, tag=tag,
@@ -176,6 +232,39 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step)
           "maps": {k: v["map"] for k, v in results.items()
                    if isinstance(v, Mapping) and "map" in v}})
   return results
+
+
+def run_progress(workdir: str) -> tuple[int, int] | None:
+  """(S, T) of a workdir's run: the global step of its newest complete
+  checkpoint and the steps its config.json's epochs make; None if it has no
+  readable checkpoint. Reads only (the run may be training)."""
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  try:
+    steps = ckpt.all_steps()
+    for step in reversed(steps):
+      try:
+        meta = ckpt.read_meta(step)
+      except (CheckpointReadError, FileNotFoundError):
+        continue  # damaged, or deleted by the writer since it was listed
+      epochs = meta.get("config", {}).get("epochs")
+      try:
+        with open(os.path.join(workdir, run_config.CONFIG_FILE), encoding="utf-8") as f:
+          epochs = json.load(f).get("epochs", epochs)
+      except (OSError, ValueError):
+        pass
+      return step, int(epochs or 0) * int(meta.get("steps_per_epoch", 0))
+    return None
+  finally:
+    ckpt.close()
+
+
+def progress_line(workdir: str, step: int, doing: str = "encoding") -> str | None:
+  """'run at step S of T; encoding step X' while the workdir's run has not
+  reached its last step (it is training, or it was stopped), else None."""
+  progress = run_progress(workdir)
+  if progress is None or progress[0] >= progress[1]:
+    return None
+  return f"run at step {progress[0]} of {progress[1]}; {doing} step {step}"
 
 
 class _LatestCodes:
@@ -227,7 +316,13 @@ def runner(method: str) -> Callable[..., dict]:
 
 
 def evaluate_checkpoint(workdir: str, step: int | None = None, **kwargs) -> dict:
-  """Evaluates a kept checkpoint of a finished or running workdir (its config.json)."""
+  """Evaluates a kept checkpoint of a finished or running workdir (its config.json).
+
+  Reads only: no lock is taken and the checkpoints are opened read-only, so a
+  run training in the workdir is not disturbed; of a running workdir the
+  default is its newest complete checkpoint (the best so far when selecting),
+  and `run at step S of T; evaluating step X` is logged.
+  """
   return run(run_config.load(workdir), workdir, eval_only=True, eval_step=step, **kwargs)
 
 

@@ -9,11 +9,22 @@
                      your own noisy training labels
 
 config.input='storage' (tfds: only) leaves the features on disk (StoredColumn).
+
+Data identity: `resolve_paths` makes the config's paths absolute (so a
+workdir does not depend on the directory a run was started from), and
+`data_fingerprints` records each data file a run reads (size, mtime and a
+hash of its first and last MiB plus 16 samples between) in config.json. What
+decides whether a workdir's run may resume is the fingerprints, not the
+paths: the same files under another path are the same run, changed files are
+refused naming the file (common.run_config.check_same_run). The mtime is
+recorded for people, not compared: copying data (cp, rsync, a container
+volume) changes it without changing a byte, and the hashes decide.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import warnings
 
@@ -192,13 +203,136 @@ def load_run_data(config: ml_collections.ConfigDict) -> RunData:
     splits = dataclasses.replace(splits, train=take(kept, clean))
     noisy = noisy[kept]
     corrupted = None if corrupted is None else corrupted[kept]
-  unlabeled_queries = int(np.sum(~splits.query.labels.any(axis=1)))
-  if unlabeled_queries == len(splits.query):
-    raise ValueError(f"{splits.name}: no query item has a label, so no query has a "
-                     "relevant item and mAP is undefined")
-  if unlabeled_queries:
-    warnings.warn(f"{splits.name}: {unlabeled_queries} of {len(splits.query)} query "
-                  "items have no label (no relevant item): SCBCH's mAP skips them, "
-                  "DCGMH's counts them as 0", stacklevel=2)
+  check_labels(splits, noisy, val)
   return RunData(splits=splits, train_labels=noisy, corrupted=corrupted, val=val,
                  noise_summary=summary)
+
+
+def _unlabeled(labels: np.ndarray) -> int:
+  return int(np.sum(~np.asarray(labels).any(axis=1)))
+
+
+def _relevant_queries(query_labels: np.ndarray, db_labels: np.ndarray) -> int:
+  """Queries with at least one relevant database item (one shared class):
+  those with a class that some database item has. O((Q + N) C), no Q x N."""
+  present = np.asarray(db_labels).any(axis=0)
+  return int(np.sum((np.asarray(query_labels) * present).any(axis=1)))
+
+
+def check_labels(splits: Splits, train_labels: np.ndarray,
+                 val: tuple[Split, Split] | None = None) -> None:
+  """Refuses labels that would train on nothing or score mAP nan; warns, with
+  counts, about items without a label.
+
+  Raises:
+    ValueError (one line with counts): no training item has a label (the
+      labels the method trains on); no query of the test (or val) split has
+      a relevant database item (every AP is undefined: mAP would be nan).
+  Warns:
+    some training, query or database items have no label.
+  """
+  name, n = splits.name, len(train_labels)
+  unlabeled = _unlabeled(train_labels)
+  if unlabeled == n:
+    raise ValueError(f"{name}: all {n} training items have no label (all-zero "
+                     "label rows): there is nothing to train on")
+  if unlabeled:
+    warnings.warn(f"{name}: {unlabeled} of {n} training items have no label: "
+                  "they train as dissimilar to every item", stacklevel=3)
+  checks = [("test", splits.query.labels, splits.database.labels)]
+  if val is not None:
+    checks.append(("val (carved from the training split, noisy labels)",
+                   val[0].labels, val[1].labels))
+  for what, query, database in checks:
+    relevant = _relevant_queries(query, database)
+    if relevant == 0:
+      raise ValueError(
+          f"{name}: no {what} query has a relevant database item ({_unlabeled(query)} "
+          f"of {len(query)} queries and {_unlabeled(database)} of {len(database)} "
+          "database items have no label, and no labelled query shares a class with "
+          "a database item), so mAP is undefined")
+  unlabeled_queries = _unlabeled(splits.query.labels)
+  if unlabeled_queries:
+    warnings.warn(f"{name}: {unlabeled_queries} of {len(splits.query)} query "
+                  "items have no label (no relevant item): SCBCH's mAP skips them, "
+                  "DCGMH's counts them as 0", stacklevel=3)
+  unlabeled_db = _unlabeled(splits.database.labels)
+  if unlabeled_db:
+    warnings.warn(f"{name}: {unlabeled_db} of {len(splits.database)} database items "
+                  "have no label: no query counts them as relevant", stacklevel=3)
+
+
+# ------------------------------------------------------------- data identity
+
+_MIB = 1 << 20
+_SAMPLES, _SAMPLE_BYTES = 16, 4096
+
+
+def resolve_paths(config: ml_collections.ConfigDict) -> None:
+  """Makes config.data_dir, config.tfds_dir and a folder:<path> dataset
+  absolute (in place; `~` expanded; URLs left as they are)."""
+  # (A URL such as gs://bucket/dir is left as it is.)
+  absolute = lambda p: p if "://" in p else os.path.abspath(os.path.expanduser(p))
+  dataset = config.get("dataset")
+  if isinstance(dataset, str) and dataset.startswith("folder:") and len(dataset) > 7:
+    config.dataset = "folder:" + absolute(dataset[len("folder:"):])
+  for key in ("data_dir", "tfds_dir"):
+    if isinstance(config.get(key), str) and config[key]:
+      config[key] = absolute(config[key])
+
+
+def file_fingerprint(path: str) -> dict:
+  """{"size", "mtime", "sha256"}: sha256 over the first MiB, 16 evenly spaced
+  4 KiB samples of the middle and the last MiB (the whole file up to 2 MiB)."""
+  size = os.path.getsize(path)
+  digest = hashlib.sha256(str(size).encode())
+  with open(path, "rb") as f:
+    digest.update(f.read(_MIB))
+    if size > 2 * _MIB:
+      for i in range(1, _SAMPLES + 1):
+        f.seek(_MIB + i * (size - 2 * _MIB) // (_SAMPLES + 1))
+        digest.update(f.read(_SAMPLE_BYTES))
+    if size > _MIB:
+      f.seek(max(_MIB, size - _MIB))
+      digest.update(f.read())
+  return {"size": size, "mtime": os.path.getmtime(path), "sha256": digest.hexdigest()}
+
+
+def data_files(config: ml_collections.ConfigDict) -> tuple[str | None, dict[str, str]]:
+  """(root, {name relative to root: absolute path}) of the files the run's
+  data is read from; (None, {}) for synthetic data (a function of the config)."""
+  source, name = parse_dataset(config.dataset)
+  if source == "synthetic":
+    return None, {}
+  if source == "folder":
+    if os.path.isfile(name):
+      return os.path.dirname(name), {os.path.basename(name): name}
+    names = [f for f in ("all.npz", "query.npz", "train.npz", "database.npz")
+             if os.path.isfile(os.path.join(name, f))]
+    return name, {f: os.path.join(name, f) for f in names}
+  if source == "tfds":
+    from common.data import tfds_builder  # pylint: disable=g-import-not-at-top
+    root = config.tfds_dir
+    top = os.path.join(root, tfds_builder.BUILDER_NAME, name)
+    found = {}
+    for directory, _, files in os.walk(top):
+      for f in files:
+        path = os.path.join(directory, f)
+        found[os.path.relpath(path, root)] = path
+    return root, dict(sorted(found.items()))
+  from common.data import readers  # pylint: disable=g-import-not-at-top
+  root = config.data_dir
+  layout = config.layout or readers.detect_layout(config.dataset, root)
+  files = list(readers._resolve_source(config.dataset, root, layout).files)  # pylint: disable=protected-access
+  if config.noise_protocol == "release":
+    files += [c for c in readers.noise_file_candidates(config.dataset, config.noise_rate)
+              if os.path.isfile(os.path.join(root, c))][:1]
+  return root, {f: os.path.join(root, f) for f in files}
+
+
+def data_fingerprints(config: ml_collections.ConfigDict) -> dict:
+  """{"root": the data's folder, "files": {relative name: file_fingerprint}}
+  (no files for synthetic data)."""
+  root, files = data_files(config)
+  return {"root": root,
+          "files": {k: file_fingerprint(path) for k, path in files.items()}}

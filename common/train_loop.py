@@ -39,10 +39,10 @@ from common import parallel
 from common import plots
 from common import preemption
 from common import run_config
-from common.checkpoint import Checkpointer
+from common.checkpoint import Checkpointer, CheckpointReadError
 from common.data import pipeline
 from common.evaluator import RetrievalEvaluator
-from common.reporting import MetricsWriter, ProgressBar
+from common.reporting import MetricsWriter, ProgressBar, read_jsonl
 from common.run_config import check, check_choice
 
 PyTree = Any
@@ -241,10 +241,22 @@ def _mean_metrics(pending: list[Mapping[str, jax.Array]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
+# Tries of a reader whose checkpoint the writer deleted while it was read.
+_READ_ATTEMPTS = 5
+
+
 def _checkpointer(config, workdir: str, selection: str | None = None) -> Checkpointer:
   selection = config.selection if selection is None else selection
   return Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep,
                       track_best=selection != "last")
+
+
+def _has_record(writer: MetricsWriter, kind: str, step: int) -> bool:
+  """Whether metrics.jsonl already holds a (kind, step) record."""
+  if not (writer.enabled and os.path.exists(writer.path)):
+    return False
+  return any(r.get("kind") == kind and r.get("step") == step
+             for r in read_jsonl(writer.path))
 
 
 class _Timer:
@@ -366,8 +378,17 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
   started = time.time()
   compiled_shapes: set = set()
   guard = preemption.PreemptionGuard()
+  interrupted = False  # a second Ctrl-C: leave at once
   try:
     guard.__enter__()
+    # A signal during start-up (taken over from common.experiment.run's guard):
+    # stop before the first step; the checkpoint restored (if any) is kept.
+    if guard.should_stop(global_step, sync=True):
+      raise guard.error(global_step, detail=(
+          f"preempted at step {global_step} during start-up; checkpoint "
+          f"{global_step} kept; re-run the same command to resume"
+          if found is not None else "preempted during start-up, before the first "
+          "step; nothing to save; re-run the same command to start"))
     if plan.eval_at_epoch_start and found is None:
       # The release's evaluation before the first epoch (the initial model),
       # checkpointed at step 0 so that it can be selected.
@@ -451,12 +472,14 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
       save(global_step, epoch + 1, 0,
            score=score if plan.selection != "last" else None)
       stop_if_preempted(global_step, epoch + 1, 0)
-  except BaseException:
+  except BaseException as e:
     writer.close()
+    interrupted = isinstance(e, KeyboardInterrupt)
     raise
   finally:
     guard.__exit__(None, None, None)  # the previous signal handlers are back
-    ckpt.wait()
+    if not interrupted:  # (a second Ctrl-C does not wait for a save in flight)
+      ckpt.wait()
 
   selected = global_step
   final_state = driver.get_state(dstate)
@@ -474,7 +497,9 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
   if plan.release_compat:
     settings["release_compat"] = plan.release_compat
   results = with_settings(results, **settings)
-  writer.write("final", selected, results)
+  if not _has_record(writer, "final", selected):
+    # (A re-run of a finished run scores the same model again: one record.)
+    writer.write("final", selected, results)
   writer.close()
   with timer("checkpoint"):
     ckpt.close()
@@ -486,34 +511,49 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
 def restore_for_eval(method: Method, config: ml_collections.ConfigDict, workdir: str,
                      *, step: int | None = None,
                      record: Mapping[str, Any] | None = None) -> tuple[PyTree, int]:
-  """(state, step) of checkpoint `step` in workdir.
+  """(state, step) of checkpoint `step` in workdir, read without disturbing a
+  run that may be training there.
 
   The default step is the one a finished run reports: the best by score when
-  selecting, else the latest. With `record`, a checkpoint written with another
-  config is refused before anything is restored.
+  selecting, else the latest (of a running workdir: the newest complete
+  checkpoint). With `record`, a checkpoint written with another config is
+  refused before anything is restored. The checkpoints are opened read-only
+  (no lock, no clean-up of the writer's in-flight temporary directories); a
+  default-step checkpoint that the writer deletes while it is read (it keeps
+  the last config.keep) is replaced by the new default.
   """
   selection = loop_plan(config, method.name).selection
-  ckpt = _checkpointer(config, workdir, selection)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
-    steps = ckpt.all_steps()
-    if step is None:
-      step = ckpt.best_step() if selection != "last" else None
-      step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "
-                              "(the same config, without eval_only)")
-    if step not in steps:
-      raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory}; "
-                              f"kept steps: {sorted(steps)}")
-    if record is not None:
-      run_config.check_same_run(ckpt.read_meta(step).get("config", {}),
-                                run_config.to_dict(record), workdir=workdir,
-                                ignore=run_config.MAY_DIFFER_ON_RESUME)
-    # The template's shapes only: nothing is computed for it.
-    state, _, _ = ckpt.restore(step, state_template=jax.eval_shape(method.init_state))
+    for attempt in range(_READ_ATTEMPTS):
+      steps = ckpt.all_steps()
+      chosen = step
+      if chosen is None:
+        chosen = ckpt.best_step() if selection != "last" else None
+        chosen = ckpt.latest_step() if chosen is None else chosen
+      if chosen is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first "
+                                "(the same config, without eval_only)")
+      if chosen not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {chosen} in "
+                                f"{ckpt.directory}; kept steps: {sorted(steps)}")
+      try:
+        if record is not None:
+          run_config.check_same_run(ckpt.read_meta(chosen).get("config", {}),
+                                    run_config.to_dict(record), workdir=workdir,
+                                    ignore=run_config.MAY_DIFFER_ON_RESUME)
+        # The template's shapes only: nothing is computed for it.
+        state, _, _ = ckpt.restore(chosen,
+                                   state_template=jax.eval_shape(method.init_state))
+        return state, chosen
+      except (CheckpointReadError, FileNotFoundError):
+        ckpt.reload()
+        if chosen in ckpt.all_steps() or attempt + 1 == _READ_ATTEMPTS:
+          raise
+        # Deleted by the run's writer while it was read: list again.
   finally:
     ckpt.close()
-  return state, step
+  raise AssertionError("unreachable")
 
 
 def with_settings(results: Mapping[str, Any], **settings) -> dict:

@@ -9,6 +9,7 @@ Errors raised with `config.<key>` in the message are shown as `--config.<key>`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import gc
 import importlib
@@ -27,6 +28,7 @@ from absl import logging
 from ml_collections import config_flags
 
 import configs
+from common import preemption
 
 FLAGS = flags.FLAGS
 # Bad input: shown as one `error:` line, exit status 2. OSError covers the
@@ -121,6 +123,16 @@ def start(argv: list[str]) -> None:
   init_distributed()
 
 
+# A trainer stopped by a signal exits preemption.EXIT_STOPPED (75) after its
+# line; a second Ctrl-C leaves at once with this line, also 75.
+SECOND_INTERRUPT = ("interrupted (a second Ctrl-C): stopped at once, this step not "
+                    "saved; re-run the same command to resume from the last "
+                    "complete checkpoint")
+# Exit status of a command interrupted by Ctrl-C outside a training run
+# (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
+
+
 def trainer_main(method: str) -> Callable[[list[str]], None]:
   """The `main` of nhj-<method>: start-up, then experiment.run on --config."""
   def main(argv):
@@ -133,14 +145,35 @@ def trainer_main(method: str) -> Callable[[list[str]], None]:
     if config.method != method:
       raise flags.ValidationError(
           f"--config is a {config.method} config; nhj-{method} needs configs/{method}.py")
-    from common import preemption
     try:
       experiment.run(config, FLAGS.workdir or os.path.join("runs", method),
                      eval_only=FLAGS.eval_only, eval_step=FLAGS.eval_step)
-    except preemption.PreemptedError as e:  # a clean, resumable stop: exit 0
+    except preemption.PreemptedError as e:
+      # A clean stop before the end: its line, then EXIT_STOPPED (75), so that
+      # `nhj-<method> ... && nhj-encode ...` does not go on with a half run.
       if jax.process_index() == 0:
         print(e, file=sys.stderr, flush=True)
-  return main
+      sys.exit(preemption.EXIT_STOPPED)
+    except KeyboardInterrupt:
+      if FLAGS.eval_only:
+        raise
+      # A second Ctrl-C: leave at once (no wait for a save in flight, no
+      # thread joins); the last complete checkpoint stays.
+      if jax.process_index() == 0:
+        print(SECOND_INTERRUPT, file=sys.stderr, flush=True)
+      os._exit(preemption.EXIT_STOPPED)  # pylint: disable=protected-access
+  return _signals_recorded(main)
+
+
+def _signals_recorded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """A trainer's main with its signals recorded from its first line (not with
+  --eval_only, a reader): experiment.run's guard takes a signal that arrived
+  during start-up over and stops at its first check."""
+  def recorded(argv):
+    with (contextlib.nullcontext() if FLAGS.eval_only
+          else preemption.PreemptionGuard()):
+      main(argv)
+  return recorded
 
 
 def as_flag_names(message: str) -> str:
@@ -283,4 +316,18 @@ def run_main(main: Callable[[list[str]], None]) -> None:
   # Registered first, so it runs last: no collection pass over the whole
   # interpreter at exit (0.4 s; the process is ending anyway).
   atexit.register(gc.freeze)
-  app.run(guarded, flags_parser=lambda argv: _parse_flags(argv, doc))
+  app.run(_interruptible(guarded), flags_parser=lambda argv: _parse_flags(argv, doc))
+
+
+def _interruptible(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+  """main, with Ctrl-C outside a training run's guard shown as one line
+  (exit EXIT_INTERRUPTED) instead of a traceback; NHJ_TRACEBACK=1 shows it."""
+  def interruptible(argv):
+    try:
+      main(argv)
+    except KeyboardInterrupt:
+      if os.environ.get("NHJ_TRACEBACK"):
+        raise
+      print("interrupted", file=sys.stderr, flush=True)
+      sys.exit(EXIT_INTERRUPTED)
+  return interruptible

@@ -12,6 +12,7 @@ image_db, text_db, query_labels, db_labels) or the single-direction ones
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -66,7 +67,8 @@ _WORKDIR = flags.DEFINE_string(
 _STEP = flags.DEFINE_integer(
     "step", None, "With --workdir: evaluate this kept checkpoint (global step) with "
     "the run's saved config.json (writes <method>_step<N>_* into the workdir); "
-    "without it the codes of the finished run are used.", lower_bound=0)
+    "without it the codes of the finished run are used, or, while the run is "
+    "not finished, its newest complete checkpoint.", lower_bound=0)
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", None, "Directory for the JSON and PNG files (default with "
     "--workdir: <workdir>/eval).")
@@ -150,13 +152,30 @@ def workdir_codes(workdir: str) -> str:
   return found[0]
 
 
-def export_checkpoint_codes(workdir: str, step: int) -> str:
-  """Evaluates checkpoint `step` of `workdir` with its config.json (eval_only);
-  returns the codes file that writes."""
+def export_checkpoint_codes(workdir: str, step: int | None = None) -> str:
+  """Evaluates checkpoint `step` of `workdir` with its config.json (eval_only;
+  default: the newest complete one, or the best so far when selecting);
+  returns the codes file that writes. Reads the checkpoints only: a run may
+  be training in `workdir` (then one line on stderr says where it is)."""
   from common import experiment  # pylint: disable=g-import-not-at-top
-  results = experiment.evaluate_checkpoint(workdir, step, log=lambda _: None)
-  method = results["settings"]["method"]
+  results = experiment.evaluate_checkpoint(workdir, step, log=_progress_only)
+  method, step = results["settings"]["method"], results["settings"]["selected_step"]
   return os.path.join(workdir, f"{method}_step{step}_codes.npz")
+
+
+def _progress_only(line: str) -> None:
+  """The evaluation's log, of which only the line about an unfinished run
+  (`run at step S of T; evaluating step X`) is shown, on stderr."""
+  if line.startswith("run at step "):
+    print(line, file=sys.stderr, flush=True)
+
+
+def _finished(workdir: str) -> bool:
+  """Whether the workdir's run reached its last step (its codes file is then
+  the finished run's), as far as its checkpoints tell."""
+  from common import experiment  # pylint: disable=g-import-not-at-top
+  progress = experiment.run_progress(workdir)
+  return progress is None or progress[0] >= progress[1]
 
 
 def _arrays_from_flags() -> tuple[str, dict[str, np.ndarray]]:
@@ -168,6 +187,10 @@ def _arrays_from_flags() -> tuple[str, dict[str, np.ndarray]]:
     if _STEP.value is not None:
       return load_npz(export_checkpoint_codes(_WORKDIR.value, _STEP.value),
                       flag="workdir")
+    if os.path.isdir(_WORKDIR.value) and not _finished(_WORKDIR.value):
+      # A running (or stopped) run: its newest checkpoint, not the codes of an
+      # earlier finish.
+      return load_npz(export_checkpoint_codes(_WORKDIR.value), flag="workdir")
     return load_npz(workdir_codes(_WORKDIR.value), flag="workdir")
   if _STEP.value is not None:
     raise ValueError("--step needs --workdir.")
@@ -213,6 +236,7 @@ def main(argv: Sequence[str]) -> None:
   """Checks the flags, loads the codes, writes results and prints a table."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.quiet_library_logs()  # (--workdir --step restores a checkpoint with Orbax)
   out_dir = _OUT_DIR.value or (
       os.path.join(_WORKDIR.value, "eval") if _WORKDIR.value else None)
   prefix = _PREFIX.value

@@ -163,9 +163,19 @@ def search(index_path: str, queries_spec: str, *, k: int = 10,
       raise ValueError("--workdir is required to encode the query features (or give "
                        "'codes' in --queries)")
     same_run = meta.get("workdir") and os.path.abspath(run) == meta["workdir"]
-    if step is None and same_run:
+    index_step = step is None and same_run and meta.get("step") is not None
+    if index_step:
       step = meta.get("step")
-    encoder = load_encoder(run, step)
+    try:
+      encoder = load_encoder(run, step)
+    except FileNotFoundError:
+      if not index_step:
+        raise
+      # (e.g. the index was built while the run trained; it keeps config.keep.)
+      raise FileNotFoundError(
+          f"--index was built with checkpoint {step} of {run}, which is no longer "
+          "kept; re-run nhj-encode, or pass --step to encode the queries with a kept "
+          "checkpoint (a model other than the index's)") from None
     if meta.get("method") not in (None, encoder.method_name) or \
         index.bits != encoder.bits:
       raise ValueError(f"--index was written by {meta.get('method')} with {index.bits} "

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -203,26 +204,206 @@ def test_kill_9_at_seeded_points_then_rerun_gives_identical_codes(
   assert_same_codes(workdir, reference, method)
 
 
-def test_sigterm_checkpoints_the_step_exits_0_and_resumes_identically(
-    tmp_path, cache_dir, scbch_reference):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_signal_checkpoints_the_step_exits_75_and_resumes_identically(
+    sig, tmp_path, cache_dir, scbch_reference):
+  """SIGTERM (preemption) and SIGHUP (a closed terminal): the step reached is
+  saved, one line, exit 75 (so `nhj-scbch ... && nhj-encode ...` stops
+  there); the same command resumes and ends with the reference's codes."""
   workdir = str(tmp_path / "run")
   cmd = command("scbch", workdir, cache_dir)
   proc = start(cmd)
   wait_for(lambda: max_step(workdir) >= 4, proc, "step 4")
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(getattr(signal, sig))
   rc, out, err = finish(proc)
-  assert rc == 0, err
-  lines = [l for l in err.splitlines() if "preempted at step" in l]
-  assert len(lines) == 1, err
-  step = int(lines[0].split("preempted at step ")[1].split(";")[0])
-  assert lines[0] == (f"preempted at step {step}; checkpoint saved; "
-                      "re-run the same command to resume")
+  assert rc == 75, err
+  assert err.strip().splitlines() == [err.strip()], err  # one line
+  step = int(err.split("preempted at step ")[1].split(";")[0])
+  assert err.strip() == (f"preempted at step {step}; checkpoint saved; "
+                         "re-run the same command to resume")
   assert 4 <= step < TOTAL_STEPS
   assert steps_on_disk(workdir)[-1] == step
-  assert "Traceback" not in err, err
+  assert not os.path.exists(os.path.join(workdir, "scbch_codes.npz"))
+  if sig == "SIGHUP":
+    # (The resume is the same as after SIGTERM.) The stopped run's readers
+    # use its newest checkpoint and say so on one line.
+    items = str(tmp_path / "items.npz")
+    np.savez(items, image=np.ones((3, 64), np.float32))
+    (evaluated, encoded) = [finish(start(c)) for c in (
+        [sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}"],
+        [sys.executable, "-m", "launch.encode", f"--workdir={workdir}",
+         f"--data={items}", f"--out={tmp_path / 'index'}", "--progress=false"])]
+    for (rc, out, err), doing in ((evaluated, "evaluating"), (encoded, "encoding")):
+      assert rc == 0, err
+      assert err.strip() == f"run at step {step} of {TOTAL_STEPS}; {doing} step {step}"
+    assert "i2t" in evaluated[1] and f"step {step}" in encoded[1]
+    return
   out, _ = run_ok(cmd)
   assert f"at global step {step}" in out
   assert_same_codes(workdir, scbch_reference, "scbch")
+
+
+# The launcher, with a fault injected: `patch` runs before it is imported.
+_DRIVER = """
+import os, signal, sys, time
+from common import checkpoint, evaluator, preemption
+{patch}
+sys.argv = sys.argv[:1] + sys.argv[2:]
+from launch import scbch
+scbch.cli_main()
+"""
+
+
+def driven(patch, cmd):
+  """`cmd` (a launcher command) run through _DRIVER with `patch` applied."""
+  return [sys.executable, "-c", _DRIVER.format(patch=textwrap.dedent(patch)),
+          "--", *cmd[3:]]
+
+
+def test_sigterm_during_restore_or_export_is_one_line_and_exit_75(
+    tmp_path, cache_dir, scbch_reference):
+  """A SIGTERM during start-up (while the checkpoint is restored) and during
+  the final export: one line saying what is kept, exit 75 (before: no line,
+  143); re-runs finish with the reference's codes."""
+  workdir = copy_run(scbch_reference, tmp_path / "run")
+  for step in (15, 16):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+  os.remove(os.path.join(workdir, "scbch_codes.npz"))
+  cmd = command("scbch", workdir, cache_dir)
+  during_restore = driven("""
+      restore = checkpoint.Checkpointer.restore_newest_valid
+      def restore_newest_valid(self, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return restore(self, **kwargs)
+      checkpoint.Checkpointer.restore_newest_valid = restore_newest_valid
+      """, cmd)
+  rc, out, err = run(during_restore)
+  assert rc == 75, f"{out}\n{err}"
+  assert err.strip() == ("preempted at step 12 during start-up; checkpoint 12 kept; "
+                         "re-run the same command to resume"), err
+  assert steps_on_disk(workdir) == [12]
+  during_export = driven("""
+      export = evaluator.RetrievalEvaluator.export
+      def slow_export(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return export(self, *args, **kwargs)
+      evaluator.RetrievalEvaluator.export = slow_export
+      """, cmd)
+  rc, out, err = run(during_export)
+  assert rc == 75, f"{out}\n{err}"
+  assert err.strip() == (
+      f"preempted after training (step {TOTAL_STEPS} reported), before the results "
+      "and codes were written; the checkpoints are saved; re-run the same command "
+      "to finish"), err
+  assert steps_on_disk(workdir)[-1] == TOTAL_STEPS
+  assert not os.path.exists(os.path.join(workdir, "scbch_codes.npz"))
+  run_ok(cmd)
+  assert_same_codes(workdir, scbch_reference, "scbch")
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  keys = [(r["kind"], r["step"]) for r in records]
+  assert len(keys) == len(set(keys)), keys
+
+
+def test_a_second_ctrl_c_exits_at_once_with_one_line(tmp_path, cache_dir):
+  """The first Ctrl-C starts the stop (its checkpoint is being written: the
+  wait is made slow here); a second one leaves at once: one line, exit 75,
+  no traceback (before: 38 lines of KeyboardInterrupt)."""
+  workdir = str(tmp_path / "run")
+  marker = str(tmp_path / "stopping")
+  cmd = driven(f"""
+      record = preemption.PreemptionGuard._record
+      def _record(self, signum, frame):
+        record(self, signum, frame)
+        open({marker!r}, "w").close()
+      preemption.PreemptionGuard._record = _record
+      wait = checkpoint.Checkpointer.wait
+      def slow_wait(self):
+        if os.path.exists({marker!r}):
+          time.sleep(30)
+        return wait(self)
+      checkpoint.Checkpointer.wait = slow_wait
+      """, command("scbch", workdir, cache_dir))
+  proc = start(cmd)
+  wait_for(lambda: max_step(workdir) >= 4, proc, "step 4")
+  proc.send_signal(signal.SIGINT)
+  wait_for(lambda: os.path.exists(marker), proc, "the first Ctrl-C")
+  proc.send_signal(signal.SIGINT)
+  rc, out, err = finish(proc, timeout=20)  # not the 30 s wait
+  assert rc == 75, err
+  assert err.strip() == ("interrupted (a second Ctrl-C): stopped at once, this step "
+                         "not saved; re-run the same command to resume from the last "
+                         "complete checkpoint"), err
+
+
+def test_readers_beside_a_running_run_never_disturb_it(
+    tmp_path, cache_dir, scbch_reference):
+  """load_encoder and evaluate_checkpoint (in this process) and the nhj-encode
+  and nhj-search launchers (restarted as each ends) in a loop on a workdir
+  while it trains with a checkpoint every step (a save is nearly always in
+  flight): the readers never fail and say where the run is, and the run
+  exits 0 with the codes of the uninterrupted reference run.
+
+  (Before: each reader's Orbax manager deleted the writer's in-flight
+  temporary checkpoint directory, failing the run with NOT_FOUND; and
+  evaluate_checkpoint was refused by the workdir lock.)"""
+  from common import experiment  # pylint: disable=g-import-not-at-top
+  from common.encoder import load_encoder  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  rng = np.random.default_rng(0)
+  items = str(tmp_path / "items.npz")
+  np.savez(items, image=rng.standard_normal((40, 64)).astype(np.float32),
+           text=rng.standard_normal((40, 32)).astype(np.float32))
+  # nhj-search encodes its queries with the running workdir against an index
+  # of the finished reference (a checkpoint of the running run that an index
+  # names may be deleted by then, which nhj-search reports).
+  ref_index = str(tmp_path / "ref_index")
+  run_ok([sys.executable, "-m", "launch.encode", f"--workdir={scbch_reference}",
+          f"--data={items}", f"--out={ref_index}", "--progress=false"])
+  launchers = {
+      "encode": [sys.executable, "-m", "launch.encode", f"--workdir={workdir}",
+                 f"--data={items}", f"--out={tmp_path / 'index'}", "--progress=false"],
+      "search": [sys.executable, "-m", "launch.search", f"--workdir={workdir}",
+                 f"--index={ref_index}", f"--queries={items}", "--k=3",
+                 f"--out={tmp_path / 'hits.json'}"]}
+  proc = start(command("scbch", workdir, cache_dir, "--config.checkpoint_every=1"))
+  wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints"))
+           and steps_on_disk(workdir), proc, "a first checkpoint")
+  running = {name: start(cmd) for name, cmd in launchers.items()}
+  done = {name: [] for name in launchers}
+  lines, reads = [], 0
+  while proc.poll() is None:
+    encoder = load_encoder(workdir, log=lines.append)
+    codes = encoder.encode(image=rng.standard_normal((3, 64)).astype(np.float32))
+    assert codes["image"].shape == (3, 16)
+    if reads % 2 == 0:
+      results = experiment.evaluate_checkpoint(workdir, log=lines.append)
+      assert 0.0 <= results["i2t"]["map"] <= 1.0
+    for name, reader in running.items():
+      if reader.poll() is not None:
+        done[name].append(finish(reader))
+        running[name] = start(launchers[name])
+    reads += 1
+  rc, out, err = finish(proc)
+  for name, reader in running.items():
+    done[name].append(finish(reader))
+  assert rc == 0, f"{out}\n{err}"
+  assert "Traceback" not in err, err
+  assert_same_codes(workdir, scbch_reference, "scbch")
+  for name, runs in done.items():
+    for reader_rc, reader_out, reader_err in runs:
+      assert reader_rc == 0, f"{name}: {reader_err}"
+      assert ("encoded 40 items" if name == "encode" else "40 queries") in reader_out
+      lines += reader_err.splitlines()
+  progress = [l for l in lines if l.startswith("run at step ")]
+  assert progress, (reads, lines)  # at least one read while it was training
+  for line in progress:
+    s, t, doing, x = re.fullmatch(
+        r"run at step (\d+) of (\d+); (encoding|evaluating) step (\d+)", line).groups()
+    assert int(t) == TOTAL_STEPS and 1 <= int(x) <= int(s) < TOTAL_STEPS, line
+  # Finished: the readers say nothing more.
+  lines.clear()
+  load_encoder(workdir, log=lines.append)
+  assert lines == []
 
 
 def test_damaged_latest_checkpoints_fall_back_with_one_line_each(

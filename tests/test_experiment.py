@@ -37,15 +37,27 @@ def test_a_whole_run_from_python_then_resume_and_refusal(tmp_path):
   saved = json.load(open(tmp_path / "config.json"))
   assert saved["bits"] == 16 and saved["resolved"]["num_classes"] == 8
   assert run_config.load(str(tmp_path)).image_hidden == (32, 32)
-  # The same config again: nothing to train, the same results.
+  # The same config again: nothing to train, the same results, and still one
+  # record of each (kind, step) (before: ("final", 16) twice).
   again = experiment.run(config, str(tmp_path), log=lambda _: None)
   assert again["i2t"]["map"] == results["i2t"]["map"]
+  records = [(r["kind"], r["step"]) for r in map(json.loads, open(tmp_path / "metrics.jsonl"))]
+  assert len(records) == len(set(records)) and ("final", 16) in records, records
+  # Fewer epochs than the run already trained: refused (before: the 2-epoch
+  # model reported as a 1-epoch run, config.json rewritten to say so).
+  with pytest.raises(run_config.ConfigError,
+                     match=r"config.epochs=1: workdir .* already at step 16 \(epoch 2\), "
+                           r"past the 8 steps of 1 epochs"):
+    experiment.run(_tiny_scbch(epochs=1), str(tmp_path), log=lambda _: None)
+  assert json.load(open(tmp_path / "config.json")) == saved
   # Another config: refused with the key named, and config.json untouched.
   with pytest.raises(run_config.ConfigError, match=r"config.bits: saved 16 vs now 8"):
     experiment.run(_tiny_scbch(bits=8), str(tmp_path), log=lambda _: None)
   assert json.load(open(tmp_path / "config.json")) == saved
-  # Any kept checkpoint evaluates from the saved config.
-  step = experiment.evaluate_checkpoint(str(tmp_path), 12, log=lambda _: None)
+  # Any kept checkpoint evaluates from the saved config, with no lock taken
+  # (it reads only: a run may be training in the workdir).
+  with WorkdirLock(str(tmp_path)):
+    step = experiment.evaluate_checkpoint(str(tmp_path), 12, log=lambda _: None)
   assert step["settings"]["selected_step"] == 12
   assert (tmp_path / "scbch_step12_codes.npz").exists()
 

@@ -1,4 +1,6 @@
-"""Preemption guard: a signal mid-loop stops at the next check, handlers restored."""
+"""Preemption guard: a signal mid-loop stops at the next check, handlers restored;
+SIGHUP is a stop too (unless ignored, as under nohup); nested guards share the
+signal; the exit status of a stop is 75."""
 
 import os
 import signal
@@ -34,7 +36,7 @@ _LOOP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_stops_loop_at_next_check_and_restores_handler(name):
   result = subprocess.run([sys.executable, "-c", _LOOP, name], cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=ROOT),
@@ -78,3 +80,54 @@ def test_processes_agree_only_at_check_steps():
 def test_check_every_must_be_positive():
   with pytest.raises(ValueError, match="check_every=0"):
     preemption.PreemptionGuard(check_every=0)
+
+
+def test_exit_status_of_a_stop_is_75():
+  assert preemption.EXIT_STOPPED == 75
+
+
+def test_a_signal_before_an_inner_guard_is_taken_over_and_handed_back():
+  """A signal during start-up (the outer guard, experiment.run's) stops the
+  loop's guard at its first check; one the inner guard gets reaches the outer."""
+  with preemption.PreemptionGuard() as outer:
+    os.kill(os.getpid(), signal.SIGTERM)
+    with preemption.PreemptionGuard() as inner:
+      assert inner.should_stop(0, sync=True)
+      assert inner.signal_name == "SIGTERM"
+  with preemption.PreemptionGuard() as outer:
+    with preemption.PreemptionGuard() as inner:
+      assert not inner.should_stop(0, sync=True)
+      os.kill(os.getpid(), signal.SIGHUP)
+    assert outer.received and outer.signal_name == "SIGHUP"
+    assert outer.should_stop(1, sync=True)
+
+
+def test_sync_decides_at_once_on_every_process():
+  calls = []
+  def allgather_any(flag):
+    calls.append(flag)
+    return False
+  with preemption.PreemptionGuard(check_every=10, allgather_any=allgather_any) as guard:
+    assert not guard.should_stop(3)          # not a check step: no collective
+    assert not guard.should_stop(3, sync=True)
+  assert calls == [False]
+
+
+_NOHUP = textwrap.dedent("""
+    import os, signal
+    from common.preemption import PreemptionGuard
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # as nohup starts a process
+    with PreemptionGuard() as guard:
+      assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+      os.kill(os.getpid(), signal.SIGHUP)
+      print(guard.should_stop(1))
+    print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN)
+""")
+
+
+def test_an_ignored_sighup_stays_ignored():
+  result = subprocess.run([sys.executable, "-c", _NOHUP], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ["False", "True"]
