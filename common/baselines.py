@@ -40,9 +40,10 @@ from common import metrics
 from common.data.splits import Splits
 
 BASELINES = ("random_codes", "linear_probe", "unsupervised")
+RESULTS_KEY = "baselines"  # where a run's results dict (and JSON) holds them
 LABELS = {"random_codes": "random ±1 codes",
-          "linear_probe": "least-squares probe (no hash net)",
-          "unsupervised": "unsupervised linear (CCA / PCA, labels ignored)"}
+          "linear_probe": "least-squares linear probe",
+          "unsupervised": "unsupervised linear (CCA / PCA, no labels)"}
 DEFAULT_RIDGE = 1.0
 DEFAULT_CCA_REG = 1e-3
 
@@ -203,3 +204,29 @@ def table_rows(baselines: Mapping) -> list[tuple[str, dict[str, float]]]:
         label += f" [{settings['unsupervised_bits']} bits]"
       rows.append((label, dict(baselines[name])))
   return rows
+
+
+def format_table(baselines: Mapping) -> str:
+  """The reference rows printed under a run's mAP table."""
+  if "skipped" in baselines:
+    return f"baselines: skipped ({baselines['skipped']})"
+  rows = table_rows(baselines)
+  names = list(rows[0][1])
+  settings = baselines.get("settings", {})
+  header = [f"baseline (same split, {settings.get('bits')} bits, no hash net)"] + names
+  cells = [[label] + [f"{values[d]:.4f}" for d in names] for label, values in rows]
+  widths = [max(len(r[c]) for r in [header] + cells) for c in range(len(header))]
+  return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()
+                   for r in [header] + cells)
+
+
+def run_baselines(splits: Splits, train_labels: np.ndarray, *, bits: int, fused: bool,
+                  empty_queries: str, seed: int = 0) -> dict:
+  """baseline_maps for a run, or {"skipped": why} when its features are not
+  in memory (config.input='storage')."""
+  for split in (splits.train, splits.query, splits.database):
+    for x in (split.image, split.text):
+      if not isinstance(x, np.ndarray):
+        return {"skipped": "features read from storage (config.input='storage')"}
+  return baseline_maps(splits, np.asarray(train_labels), bits=bits, fused=fused,
+                       empty_queries=empty_queries, seed=seed)
