@@ -40,6 +40,9 @@ from common import metrics
 from common.data.splits import Splits
 
 BASELINES = ("random_codes", "linear_probe", "unsupervised")
+# What every run computes beside its table (the unsupervised codes cost two more
+# mAP passes and a CCA; the quality benchmark and the studies add them).
+RUN_BASELINES = ("random_codes", "linear_probe")
 RESULTS_KEY = "baselines"  # where a run's results dict (and JSON) holds them
 LABELS = {"random_codes": "random ±1 codes",
           "linear_probe": "least-squares linear probe",
@@ -111,11 +114,16 @@ def pca_directions(z: np.ndarray, k: int) -> np.ndarray:
 
 def baseline_codes(splits: Splits, train_labels: np.ndarray, *, bits: int,
                    fused: bool, seed: int = 0, ridge: float = DEFAULT_RIDGE,
-                   cca_reg: float = DEFAULT_CCA_REG) -> dict[str, dict[str, np.ndarray]]:
+                   cca_reg: float = DEFAULT_CCA_REG,
+                   names: tuple[str, ...] = BASELINES) -> dict[str, dict[str, np.ndarray]]:
   """{baseline: {"query"/"db" (fused) or "image_query", "text_query",
-  "image_db", "text_db": ±1 codes}} for the query and database splits."""
+  "image_db", "text_db": ±1 codes}} for the query and database splits, for
+  the baselines in `names`."""
   if not isinstance(bits, int) or bits < 1:
     raise ValueError(f"bits={bits!r} must be a positive integer")
+  unknown = [n for n in names if n not in BASELINES]
+  if unknown or not names:
+    raise ValueError(f"names={names!r}: expected a non-empty subset of {BASELINES}")
   train, query, db = splits.train, splits.query, splits.database
   if len(train_labels) != len(train):
     raise ValueError(f"train_labels has {len(train_labels)} rows, the training "
@@ -131,13 +139,15 @@ def baseline_codes(splits: Splits, train_labels: np.ndarray, *, bits: int,
     score = _probe(cat(train), train_labels, ridge)
     out["linear_probe"] = {"query": _sign(score(cat(query)) @ proj),
                            "db": _sign(score(cat(db)) @ proj)}
+    if "unsupervised" not in names:
+      return {n: out[n] for n in names}
     scale = _standardizer(cat(train))
     z_train = scale(cat(train))
     k = min(bits, z_train.shape[1])
     mean, p = z_train.mean(axis=0), pca_directions(z_train, k)
     out["unsupervised"] = {"query": _sign((scale(cat(query)) - mean) @ p),
                            "db": _sign((scale(cat(db)) - mean) @ p)}
-    return out
+    return {n: out[n] for n in names}
   out["random_codes"] = {
       name: random_codes(len(split), bits, rng_random)
       for name, split in (("image_query", query), ("text_query", query),
@@ -149,6 +159,8 @@ def baseline_codes(splits: Splits, train_labels: np.ndarray, *, bits: int,
       "text_query": _sign(score_text(query.text) @ proj),
       "image_db": _sign(score_image(db.image) @ proj),
       "text_db": _sign(score_text(db.text) @ proj)}
+  if "unsupervised" not in names:
+    return {n: out[n] for n in names}
   scale_image, scale_text = _standardizer(train.image), _standardizer(train.text)
   zi, zt = scale_image(train.image), scale_text(train.text)
   k = min(bits, zi.shape[1], zt.shape[1])
@@ -159,36 +171,40 @@ def baseline_codes(splits: Splits, train_labels: np.ndarray, *, bits: int,
       "text_query": _sign((scale_text(query.text) - mt) @ b),
       "image_db": _sign((scale_image(db.image) - mi) @ a),
       "text_db": _sign((scale_text(db.text) - mt) @ b)}
-  return out
+  return {n: out[n] for n in names}
 
 
 def baseline_maps(splits: Splits, train_labels: np.ndarray, *, bits: int, fused: bool,
                   empty_queries: str, seed: int = 0, ridge: float = DEFAULT_RIDGE,
-                  cca_reg: float = DEFAULT_CCA_REG) -> dict:
+                  cca_reg: float = DEFAULT_CCA_REG,
+                  names: tuple[str, ...] = BASELINES) -> dict:
   """The baselines' mAP per direction, JSON-ready:
 
-  {"random_codes": {dir: mAP}, "linear_probe": {...}, "unsupervised": {...},
-   "settings": {bits, unsupervised_bits, seed, ridge, cca_reg, empty_queries,
-   ties, train_labels}} with dir in (i2t, t2i) or (fused,).
+  {"random_codes": {dir: mAP}, "linear_probe": {...}, "unsupervised": {...}
+   (those in `names`), "settings": {bits, unsupervised_bits (with
+   unsupervised), seed, ridge, cca_reg, empty_queries, ties, train_labels}}
+  with dir in (i2t, t2i) or (fused,).
   """
   codes = baseline_codes(splits, train_labels, bits=bits, fused=fused, seed=seed,
-                         ridge=ridge, cca_reg=cca_reg)
+                         ridge=ridge, cca_reg=cca_reg, names=names)
   ql, dl = splits.query.labels, splits.database.labels
   score = lambda q, d: float(metrics.mean_average_precision(
       q, d, ql, dl, ties="index", empty_queries=empty_queries))
   out: dict = {}
-  for name in BASELINES:
+  for name in names:
     c = codes[name]
     if fused:
       out[name] = {"fused": score(c["query"], c["db"])}
     else:
       out[name] = {"i2t": score(c["image_query"], c["text_db"]),
                    "t2i": score(c["text_query"], c["image_db"])}
-  unsup_bits = int(next(iter(codes["unsupervised"].values())).shape[1])
-  out["settings"] = {"bits": bits, "unsupervised_bits": unsup_bits, "seed": seed,
-                     "ridge": ridge, "cca_reg": cca_reg,
+  out["settings"] = {"bits": bits, "seed": seed, "ridge": ridge,
                      "empty_queries": empty_queries, "ties": "index",
                      "train_labels": "the labels the method trains on (noisy)"}
+  if "unsupervised" in names:
+    out["settings"].update(
+        cca_reg=cca_reg,
+        unsupervised_bits=int(next(iter(codes["unsupervised"].values())).shape[1]))
   return out
 
 
@@ -222,11 +238,11 @@ def format_table(baselines: Mapping) -> str:
 
 def run_baselines(splits: Splits, train_labels: np.ndarray, *, bits: int, fused: bool,
                   empty_queries: str, seed: int = 0) -> dict:
-  """baseline_maps for a run, or {"skipped": why} when its features are not
-  in memory (config.input='storage')."""
+  """baseline_maps of RUN_BASELINES for a run, or {"skipped": why} when its
+  features are not in memory (config.input='storage')."""
   for split in (splits.train, splits.query, splits.database):
     for x in (split.image, split.text):
       if not isinstance(x, np.ndarray):
         return {"skipped": "features read from storage (config.input='storage')"}
   return baseline_maps(splits, np.asarray(train_labels), bits=bits, fused=fused,
-                       empty_queries=empty_queries, seed=seed)
+                       empty_queries=empty_queries, seed=seed, names=RUN_BASELINES)

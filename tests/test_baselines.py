@@ -180,5 +180,17 @@ def test_bad_arguments():
     baselines.baseline_codes(s, s.train.labels, bits=0, fused=True)
   with pytest.raises(ValueError, match="ridge=0"):
     baselines.baseline_codes(s, s.train.labels, bits=4, fused=True, ridge=0)
+  with pytest.raises(ValueError, match="names=.*subset"):
+    baselines.baseline_codes(s, s.train.labels, bits=4, fused=True, names=("pca",))
   with pytest.raises(ValueError, match="train_labels has 3 rows"):
     baselines.baseline_codes(s, s.train.labels[:3], bits=4, fused=True)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_subset_equals_the_same_rows_of_all(fused):
+  s = _splits()
+  full = baselines.baseline_maps(s, s.train.labels, bits=8, fused=fused, empty_queries="zero")
+  part = baselines.baseline_maps(s, s.train.labels, bits=8, fused=fused, empty_queries="zero",
+                                 names=("linear_probe",))
+  assert set(part) == {"linear_probe", "settings"}
+  assert part["linear_probe"] == full["linear_probe"]

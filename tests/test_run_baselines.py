@@ -20,7 +20,7 @@ def _expected(config, *, fused, empty_queries):
                             protocol=config.noise_protocol, seed=config.noise_seed)
   return baselines.baseline_maps(splits, np.asarray(noisy, np.float32), bits=config.bits,
                                  fused=fused, empty_queries=empty_queries,
-                                 seed=config.seed)
+                                 seed=config.seed, names=baselines.RUN_BASELINES)
 
 
 @pytest.mark.parametrize("method", ["scbch", "dcgmh"])
@@ -40,7 +40,8 @@ def test_run_prints_and_writes_baselines(tmp_path, method):
   expected = _expected(config, fused=fused,
                        empty_queries="zero" if fused else "skip")
   got = results[baselines.RESULTS_KEY]
-  for name in baselines.BASELINES:
+  assert set(got) == set(baselines.RUN_BASELINES) | {"settings"}
+  for name in baselines.RUN_BASELINES:
     assert got[name] == pytest.approx(expected[name])
   # The JSON holds them; they are not a direction of the method.
   saved = json.load(open(tmp_path / f"{method}_final_results.json"))
