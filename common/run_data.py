@@ -103,6 +103,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       check(config[key] is None, key, config[key],
             f"does not apply to {config.dataset} (its split is fixed, "
             "docs/real_data.md)")
+    real_lib.source_file(name)  # the package is installed (else: which extra)
   else:
     check(bool(config.data_dir), "data_dir", config.data_dir,
           f"config.dataset={config.dataset} needs config.data_dir with its files")

@@ -147,8 +147,11 @@ def test_missing_package_names_the_extra(monkeypatch):
   spec = dataclasses.replace(real.REAL_DATASETS["digits"], module="no_such_module_xyz",
                              package="no-such-package")
   monkeypatch.setitem(real.REAL_DATASETS, "digits", spec)
-  with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[real\]'"):
+  with pytest.raises(real.MissingPackageError, match=r"pip install -e '\.\[real\]'"):
     real.real_splits("digits")
+  # A run stops at the config check, before reading or compiling anything.
+  with pytest.raises(ValueError, match=r"needs the package 'no-such-package'"):
+    run_data.check_config(_config())
 
 
 @needs_sklearn

@@ -137,6 +137,11 @@ REAL_DATASETS: dict[str, RealSpec] = {
 }
 
 
+class MissingPackageError(ValueError):
+  """The package that ships a real data set is not installed (a ValueError,
+  so the launchers print it as one `error:` line)."""
+
+
 def _spec(name: str) -> RealSpec:
   if name not in REAL_DATASETS:
     raise ValueError(f"real:{name}: unknown real data set; expected one of "
@@ -152,7 +157,7 @@ def source_file(name: str) -> str:
   spec = _spec(name)
   found = importlib.util.find_spec(spec.module)
   if found is None or not found.submodule_search_locations:
-    raise ModuleNotFoundError(
+    raise MissingPackageError(
         f"real:{name} needs the package {spec.package!r}: pip install -e "
         f"'.[{EXTRA}]' (or pip install {spec.package})")
   path = os.path.join(list(found.submodule_search_locations)[0], spec.path)
