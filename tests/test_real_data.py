@@ -186,6 +186,22 @@ def test_config_parsing_and_checks():
       run_data.check_config(_config(**{key: value}))
 
 
+@pytest.mark.parametrize("name", sorted(real.REAL_DATASETS))
+def test_one_hot_flag_and_dcgmh_protocol(name):
+  spec = real.REAL_DATASETS[name]
+  if not _have(spec.module):
+    pytest.skip(f"{spec.package} absent")
+  labels = real.real_splits(name).train.labels
+  assert spec.one_hot == bool((labels.sum(1) == 1).all())
+  config = _config(dataset=f"real:{name}", noise_protocol="dcgmh")
+  if spec.one_hot:
+    with pytest.raises(ConfigError, match="use 'scbch'"):
+      run_data.check_config(config)
+  else:
+    run_data.check_config(config)
+    assert run_data.load_run_data(config).noise_summary["protocol"] == "dcgmh"
+
+
 @needs_sklearn
 def test_run_data_injects_noise_on_real():
   data = run_data.load_run_data(_config())

@@ -60,6 +60,7 @@ class RealSpec:
     query_size, train_size: the fixed split (database = the rest).
     image, text: what the two views are.
     labels: what the labels are.
+    one_hot: one label per item (the dcgmh noise protocol does not apply).
     scaling: "div16" or "zscore_train".
     source: where the data comes from (papers, repositories).
     license: the license the data reaches us under.
@@ -75,6 +76,7 @@ class RealSpec:
   image: str
   text: str
   labels: str
+  one_hot: bool
   scaling: str
   source: str
   license: str
@@ -99,6 +101,7 @@ REAL_DATASETS: dict[str, RealSpec] = {
         text="columns Att80-Att103: phylogenetic profile",
         labels="Class1-Class14: functional categories (multi-label, 1-11 per "
                "gene)",
+        one_hot=False,
         scaling="zscore_train",
         source="Elisseeff & Weston, 'A kernel method for multi-labelled "
                "classification', NIPS 2001; the MULAN multi-label repository "
@@ -114,6 +117,7 @@ REAL_DATASETS: dict[str, RealSpec] = {
         image="pixel rows 0-3 (top half) of the 8x8 image, 32 values",
         text="pixel rows 4-7 (bottom half) of the 8x8 image, 32 values",
         labels="the digit 0-9 (one-hot, 10 classes)",
+        one_hot=True,
         scaling="div16",
         source="UCI Optical Recognition of Handwritten Digits (test part, "
                "1,797 images; Alpaydin & Kaynak 1998); as shipped in the "
@@ -128,6 +132,7 @@ REAL_DATASETS: dict[str, RealSpec] = {
               ", ".join(_SEGMENT_SHAPE),
         text="colour statistics of the region: " + ", ".join(_SEGMENT_COLOUR),
         labels="the region's class, one-hot over " + ", ".join(SEGMENT_CLASSES),
+        one_hot=True,
         scaling="zscore_train",
         source="UCI Statlog (Image Segmentation), 7 outdoor images segmented "
                "by hand (Vision Group, University of Massachusetts, 1990); as "
