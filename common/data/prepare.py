@@ -10,6 +10,7 @@ import os
 from common.data import folder
 from common.data import noise
 from common.data import readers
+from common.data import real
 from common.data import summary
 from common.data import synthetic
 from common.data.splits import Splits
@@ -27,6 +28,12 @@ def resolve_dataset(dataset: str) -> str:
     return dataset
   if dataset.startswith("folder:"):
     return "folder"
+  if dataset.startswith(real.PREFIX):
+    name = dataset[len(real.PREFIX):]
+    if name not in real.REAL_DATASETS:
+      raise ValueError(f"--dataset={dataset!r}: unknown real data set; expected "
+                       f"one of {[real.PREFIX + n for n in real.REAL_DATASETS]}")
+    return dataset
   preset = dataset
   for prefix in ("synthetic_", "synthetic:"):
     if dataset.startswith(prefix):
@@ -35,14 +42,22 @@ def resolve_dataset(dataset: str) -> str:
     return f"synthetic_{preset}"
   raise ValueError(
       f"--dataset={dataset!r} is neither a benchmark "
-      f"{sorted(readers.BENCHMARKS)}, folder:<path>, nor a synthetic preset "
+      f"{sorted(readers.BENCHMARKS)}, folder:<path>, real:<name> "
+      f"{sorted(real.REAL_DATASETS)}, nor a synthetic preset "
       f"{['synthetic_' + p for p in synthetic.SYNTHETIC_PRESETS]}.")
 
 
 def _check_flags(config_name: str, *, data_dir, layout, query_size, train_size,
                  noise_protocol, noise_rate, noise_seed) -> None:
   """Flag combinations that cannot work, caught before reading any data."""
-  if config_name == "folder":
+  if config_name.startswith(real.PREFIX):
+    for flag, value in (("data_dir", data_dir), ("layout", layout),
+                        ("query_size", query_size),
+                        ("train_size", train_size)):
+      if value is not None:
+        raise ValueError(f"--{flag} does not apply to {config_name} (its split "
+                         "is fixed; docs/real_data.md)")
+  elif config_name == "folder":
     if layout is not None or data_dir is not None:
       raise ValueError("--layout and --data_dir do not apply to folder:<path> "
                        "(the path is in --dataset)")
@@ -76,6 +91,8 @@ def _check_flags(config_name: str, *, data_dir, layout, query_size, train_size,
 def load_in_memory(config_name: str, *, data_dir=None, layout=None,
                    query_size=None, train_size=None) -> Splits:
   """The Splits of a config without writing anything (for --summary_only)."""
+  if config_name.startswith(real.PREFIX):
+    return real.real_splits(config_name[len(real.PREFIX):])
   if config_name == "folder":
     return folder.read_dataset(data_dir, query_size=query_size,
                                train_size=train_size).splits
@@ -89,12 +106,15 @@ def prepare_data(dataset: str, *, tfds_dir: str, data_dir: str | None = None,
                  layout: str | None = None, query_size: int | None = None,
                  train_size: int | None = None, noise_protocol: str = "scbch",
                  noise_rate: float | None = None, noise_seed: int = 0,
-                 summary_only: bool = False, overwrite: bool = False) -> str:
+                 summary_only: bool = False, overwrite: bool = False,
+                 out_dir: str = real.DEFAULT_OUT_DIR) -> str:
   """Builds the TFDS dataset for --dataset and returns a summary report.
 
   With summary_only the data is read (or generated) in memory and nothing is
-  written. Otherwise the dataset is built under tfds_dir and the summary is
-  computed from what was read back. With noise_rate set, the report adds the
+  written. A real:<name> set is written in the folder layout to
+  <out_dir>/<name> (not as TFDS; read it with folder:<path>, or train on
+  config.dataset='real:<name>' directly). Otherwise the dataset is built
+  under tfds_dir. The summary is computed from what was read back. With noise_rate set, the report adds the
   statistics of one noise draw on the training labels.
   """
   config_name = resolve_dataset(dataset)
@@ -105,7 +125,13 @@ def prepare_data(dataset: str, *, tfds_dir: str, data_dir: str | None = None,
   if config_name == "folder":
     data_dir = dataset.split(":", 1)[1]
   lines = []
-  if summary_only:
+  if config_name.startswith(real.PREFIX) and not summary_only:
+    name = config_name[len(real.PREFIX):]
+    path = real.write_real(name, out_dir, overwrite=overwrite)
+    splits = real.read_written(path)
+    lines.append(f"{config_name}: folder layout in {path} (train with "
+                 f"--config.dataset={config_name} or folder:{path})")
+  elif summary_only:
     splits = load_in_memory(config_name, data_dir=data_dir, layout=layout,
                             query_size=query_size, train_size=train_size)
   else:
