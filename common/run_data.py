@@ -116,10 +116,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"does not apply to {config.dataset} (its split is fixed, "
             "docs/real_data.md)")
     real_lib.source_file(name)  # the package is installed (else: which extra)
-    check(not (real_lib.REAL_DATASETS[name].one_hot and config.noise_protocol == "dcgmh"),
-          "noise_protocol", config.noise_protocol,
-          f"{config.dataset} is one-hot and the dcgmh protocol needs items with several "
-          "labels; use 'scbch' (a corrupted item moves to a uniformly drawn wrong class)")
   else:
     check(bool(config.data_dir), "data_dir", config.data_dir,
           f"config.dataset={config.dataset} needs config.data_dir with its files")
