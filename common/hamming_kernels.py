@@ -346,44 +346,92 @@ def radius_fill(qw, db, lo, hi, radius, offsets, keys, n, block):
 
 
 @numba.njit(**_JIT)
-def pairwise_sum(a, lo, n):
-  """sum(a[lo:lo+n]) in exactly NumPy's pairwise order (np.sum of a
-  contiguous float64 array: 8 accumulators up to 128 items, halves above)."""
+def _pairwise_leaf(a, lo, n):
+  """np.sum's pairwise block (n <= 128): 8 accumulators, then the rest."""
   if n < 8:
     res = 0.0
     for i in range(lo, lo + n):
       res += a[i]
     return res
+  r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+  r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+  i = 8
+  stop = n - n % 8
+  while i < stop:
+    j = lo + i
+    r0 += a[j]
+    r1 += a[j + 1]
+    r2 += a[j + 2]
+    r3 += a[j + 3]
+    r4 += a[j + 4]
+    r5 += a[j + 5]
+    r6 += a[j + 6]
+    r7 += a[j + 7]
+    i += 8
+  res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+  while i < n:
+    res += a[lo + i]
+    i += 1
+  return res
+
+
+@numba.njit(**_JIT)
+def pairwise_sum(a, lo, n):
+  """sum(a[lo:lo+n]) in exactly NumPy's pairwise order (np.sum of a
+  contiguous float64 array: blocks of <= 128 summed with 8 accumulators,
+  longer runs split at n2 = n // 2 - (n // 2) % 8 and the halves added).
+
+  The recursion runs on an explicit stack: numba's cache cannot reload a
+  recursive function.
+  """
   if n <= 128:
-    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-    i = 8
-    stop = n - n % 8
-    while i < stop:
-      j = lo + i
-      r0 += a[j]
-      r1 += a[j + 1]
-      r2 += a[j + 2]
-      r3 += a[j + 3]
-      r4 += a[j + 4]
-      r5 += a[j + 5]
-      r6 += a[j + 6]
-      r7 += a[j + 7]
-      i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-      res += a[lo + i]
-      i += 1
-    return res
-  n2 = n // 2
-  n2 -= n2 % 8
-  return pairwise_sum(a, lo, n2) + pairwise_sum(a, lo + n2, n - n2)
+    return _pairwise_leaf(a, lo, n)
+  # Post-order walk; state 0: descend left, 1: descend right, 2: combine.
+  s_lo = np.empty(128, np.int64)
+  s_n = np.empty(128, np.int64)
+  s_state = np.empty(128, np.int64)
+  vals = np.empty(128, np.float64)
+  sp, nv = 1, 0
+  s_lo[0], s_n[0], s_state[0] = lo, n, 0
+  while sp > 0:
+    top = sp - 1
+    cur_lo, cur_n = s_lo[top], s_n[top]
+    if cur_n <= 128:
+      vals[nv] = _pairwise_leaf(a, cur_lo, cur_n)
+      nv += 1
+      sp -= 1
+      continue
+    half = cur_n // 2
+    half -= half % 8
+    state = s_state[top]
+    if state == 0:
+      s_state[top] = 1
+      s_lo[sp], s_n[sp], s_state[sp] = cur_lo, half, 0
+      sp += 1
+    elif state == 1:
+      s_state[top] = 2
+      s_lo[sp], s_n[sp], s_state[sp] = cur_lo + half, cur_n - half, 0
+      sp += 1
+    else:
+      vals[nv - 2] = vals[nv - 2] + vals[nv - 1]
+      nv -= 1
+      sp -= 1
+  return vals[0]
 
 
 @numba.njit(**_JIT)
 def _block_keys(q, db, lab, dbl, b0, b1, buf, acc):
-  """buf[i] = 2 * distance + relevance of items b0 + i (vectorised)."""
+  """buf[i] = 2 * distance + relevance of item b0 + i (uint64, vectorised)."""
   m = b1 - b0
+  one = np.uint64(1)
+  if q.shape[0] == 1 and lab.shape[0] == 1:
+    x = db[0, b0:b1]
+    y = dbl[0, b0:b1]
+    q0, l0 = q[0], lab[0]
+    for i in range(m):
+      buf[i] = (np.uint64(_popcount(q0 ^ x[i])) << one) | np.uint64(
+          (l0 & y[i]) != 0)
+    return
   _block_distances(q, db, b0, b1, buf)
   y = dbl[0, b0:b1]
   lv = lab[0]
@@ -395,92 +443,142 @@ def _block_keys(q, db, lab, dbl, b0, b1, buf, acc):
     for i in range(m):
       acc[i] |= lv & y[i]
   for i in range(m):
-    buf[i] = 2 * buf[i] + (acc[i] != 0)
+    buf[i] = (buf[i] << one) | np.uint64(acc[i] != 0)
+
+
+@numba.njit(**_JIT)
+def _count_below_sorted(values, size, bound):
+  """#values[:size] < bound for ascending values (binary search)."""
+  lo, hi = 0, size
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if values[mid] < bound:
+      lo = mid + 1
+    else:
+      hi = mid
+  return lo
 
 
 @numba.njit(**_JIT)
 def scan_queries(qc, dbc, ql, dbl, q0, q1, index_order, limit, topk, cutoffs,
-                 num_relevant, counts, rel_counts, index_ap, index_hits, block):
+                 num_relevant, counts, rel_counts, index_ap, index_hits, block,
+                 group):
   """Per-query statistics of queries q0..q1-1 (see common.metrics._Scan).
 
   Writes num_relevant, counts / rel_counts (items / relevant items per
   distance) and, with index_order, AP@topk and hits at `cutoffs` in index
   tie order. In index order a relevant item at distance d has rank
-  N_<d + (#items at distance d before it); one pass keeps, per key
-  2d + rel, the running count, and records (d, items at d before it) for
-  each relevant item; a stable counting sort by d then gives the sorted
-  ranks. AP@k = pairwise_sum(t / (rank_t + 1), t = 1..M) / M as NumPy sums.
+  N_<d + (#items at distance d before it): one pass keeps the running count
+  per distance and records (d, that count) for each relevant item; a stable
+  counting sort of the records by d then gives the ranks in order.
+  AP@k = pairwise_sum(t / (rank_t + 1), t = 1..M) / M, as np.sum adds.
+
+  `group` queries share each block of items (read once from memory for all
+  of them); the record buffers take group x N x 8 bytes. Counters and keys
+  are uint64, so indexing needs no negative-index fix-ups.
   """
   num_db = dbc.shape[1]
   buckets = counts.shape[1]
-  buf = np.empty(block, np.int64)
+  one = np.uint64(1)
+  shift = np.uint64(32)
+  low = np.uint64(0xFFFFFFFF)
+  buf = np.empty(block, np.uint64)
   acc = np.empty(block, np.uint64)
-  seen = np.zeros(2 * buckets, np.int64)
-  rec = np.empty(num_db if index_order else 1, np.int64)
+  at = np.zeros((group, buckets), np.uint64)
+  seen = np.zeros((group, 2 * buckets), np.uint64)
+  seen2 = np.zeros((group, 2 * buckets), np.uint64)
+  rec = np.empty((group, num_db if index_order else 1), np.uint64)
+  ptrs = np.zeros(group, np.uint64)
+  rel_at = np.zeros(buckets, np.int64)
   ranks = np.empty(num_db if index_order else 1, np.int64)
   terms = np.empty(num_db if index_order else 1, np.float64)
   pos = np.empty(buckets, np.int64)
   before = np.empty(buckets, np.int64)
-  for qi in range(q0, q1):
+  for g0 in range(q0, q1, group):
+    g1 = min(q1, g0 + group)
+    at[:] = 0
     seen[:] = 0
-    ptr = 0
+    seen2[:] = 0
+    ptrs[:] = 0
     for b0 in range(0, num_db, block):
       b1 = min(num_db, b0 + block)
-      _block_keys(qc[qi], dbc, ql[qi], dbl, b0, b1, buf, acc)
-      if index_order:
-        for i in range(b1 - b0):
-          kk = buf[i]
-          even = kk & -2
-          rec[ptr] = ((kk >> 1) << 32) | (seen[even] + seen[even + 1])
-          ptr += kk & 1
-          seen[kk] += 1
-      else:
-        for i in range(b1 - b0):
-          seen[buf[i]] += 1
-    total_rel = 0
-    for d in range(buckets):
-      counts[qi, d] = seen[2 * d] + seen[2 * d + 1]
-      rel_counts[qi, d] = seen[2 * d + 1]
-      total_rel += seen[2 * d + 1]
-    num_relevant[qi] = total_rel
-    if not index_order:
-      continue
-    # Buckets up to the one holding rank `limit` (all when limit == N).
-    running = 0
-    dmax = buckets - 1
-    for d in range(buckets):
-      before[d] = running
-      running += counts[qi, d]
-      if running >= limit and dmax == buckets - 1 and limit < num_db:
-        dmax = d
-    slot = 0
-    for d in range(buckets):
-      pos[d] = slot
-      if d <= dmax:
-        slot += rel_counts[qi, d]
-    kept = slot
-    for j in range(ptr):
-      d = rec[j] >> 32
-      if d <= dmax:
-        ranks[pos[d]] = before[d] + (rec[j] & 0xFFFFFFFF)
-        pos[d] += 1
-    found = 0
-    while found < kept and ranks[found] < topk:
-      found += 1
-    if found == 0:
-      index_ap[qi] = np.nan
-    else:
-      for t in range(found):
-        terms[t] = (t + 1.0) / (ranks[t] + 1.0)
-      index_ap[qi] = pairwise_sum(terms, 0, found) / found
-    for c in range(cutoffs.shape[0]):
-      # #ranks < cutoff (ranks sorted): binary search.
-      a, b = 0, kept
-      cut = cutoffs[c]
-      while a < b:
-        mid = (a + b) // 2
-        if ranks[mid] < cut:
-          a = mid + 1
+      m = b1 - b0
+      for j in range(g1 - g0):
+        qi = g0 + j
+        _block_keys(qc[qi], dbc, ql[qi], dbl, b0, b1, buf, acc)
+        if index_order:
+          # Per item one counter load and store and one record store; the
+          # record of an irrelevant item is overwritten by the next one.
+          at_j = at[j]
+          rec_j = rec[j]
+          ptr = ptrs[j]
+          for i in range(m):
+            kk = buf[i]
+            d = kk >> one
+            w = at_j[d]
+            rec_j[ptr] = (d << shift) | w
+            ptr += kk & one
+            at_j[d] = w + one
+          ptrs[j] = ptr
         else:
-          b = mid
-      index_hits[qi, c] = a
+          # Two histograms, even and odd items: fewer store-to-load chains
+          # when neighbours share a key.
+          s1 = seen[j]
+          s2 = seen2[j]
+          half = m // 2
+          for i in range(half):
+            s1[buf[2 * i]] += one
+            s2[buf[2 * i + 1]] += one
+          if m % 2:
+            s1[buf[m - 1]] += one
+    for j in range(g1 - g0):
+      qi = g0 + j
+      ptr = np.int64(ptrs[j])
+      total_rel = 0
+      for d in range(buckets):
+        if index_order:
+          rel_at[d] = 0
+        else:
+          counts[qi, d] = (seen[j, 2 * d] + seen[j, 2 * d + 1] +
+                           seen2[j, 2 * d] + seen2[j, 2 * d + 1])
+          rel_at[d] = seen[j, 2 * d + 1] + seen2[j, 2 * d + 1]
+      if index_order:
+        for r in range(ptr):
+          rel_at[rec[j, r] >> shift] += 1
+        for d in range(buckets):
+          counts[qi, d] = at[j, d]
+      for d in range(buckets):
+        rel_counts[qi, d] = rel_at[d]
+        total_rel += rel_at[d]
+      num_relevant[qi] = total_rel
+      if not index_order:
+        continue
+      # Buckets up to the one holding rank `limit` (all when limit == N).
+      running = 0
+      dmax = buckets - 1
+      for d in range(buckets):
+        before[d] = running
+        running += counts[qi, d]
+        if running >= limit and dmax == buckets - 1 and limit < num_db:
+          dmax = d
+      slot = 0
+      for d in range(buckets):
+        pos[d] = slot
+        if d <= dmax:
+          slot += rel_at[d]
+      kept = slot
+      for r in range(ptr):
+        v = rec[j, r]
+        d = np.int64(v >> shift)
+        if d <= dmax:
+          ranks[pos[d]] = before[d] + np.int64(v & low)
+          pos[d] += 1
+      found = _count_below_sorted(ranks, kept, topk)
+      if found == 0:
+        index_ap[qi] = np.nan
+      else:
+        for t in range(found):
+          terms[t] = (t + 1.0) / (ranks[t] + 1.0)
+        index_ap[qi] = pairwise_sum(terms, 0, found) / found
+      for c in range(cutoffs.shape[0]):
+        index_hits[qi, c] = _count_below_sorted(ranks, kept, cutoffs[c])
