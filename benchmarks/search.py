@@ -16,7 +16,13 @@ threads) cell, so both see the same load; the table gives the median time with
 min-max, the median of the per-round ratios faiss / ours (> 1: ours faster)
 with min-max, and the 1-minute load average over the cell's rounds.
 Methods:
-  ours    common.index.HammingIndex(num_threads=T).
+  ours    common.index.HammingIndex(num_threads=T, backend="cpu"): the
+          compiled kernel (common/hamming_kernels.py).
+  jax     HammingIndex(backend="jax"): the JAX search on JAX's default
+          backend (a GPU/TPU when there is one; on CPU XLA's own threads).
+  popcount  the machine's floor: a compiled loop of XOR + VPOPCNT + sum over
+          an L1-resident block of 64-bit words, timed per word (one word =
+          one pair of 64-bit codes); not a search, no ratio.
   faiss   faiss.IndexBinaryFlat, use_heap=True (its default, and the faster
           mode for small k). faiss is NOT a project dependency; install it
           for this benchmark only:  pip install faiss-cpu
@@ -25,7 +31,7 @@ Methods:
           d * N + i (one thread; timed on the first queries, extrapolated).
 Each process times one search of all queries after a warm-up search of 8
 queries (page faults, first-call and compilation costs are not timed).
-ns / pair = seconds x threads / (queries x N), CPU-ns per (query, item) pair.
+CPU-ns / pair = process CPU seconds / (queries x N) per (query, item) pair.
 Replaces the section "Hamming search (benchmarks/search.py)" of
 benchmarks/RESULTS.md unless --no_record.
 """
@@ -90,11 +96,22 @@ def _run_one(method: str, n: int, queries: int, bits: int,
   db, q = _data(n, queries, bits)
   out = {"method": method, "n": n, "queries": queries, "bits": bits,
          "threads": threads}
-  if method == "ours":
+  if method in ("ours", "jax"):
     from common import index  # pylint: disable=g-import-not-at-top
-    ix = index.HammingIndex(db, bits, num_threads=threads)
-    ix.search(q[:8], k=K)  # warm-up
+    ix = index.HammingIndex(db, bits, num_threads=threads,
+                            backend="cpu" if method == "ours" else "jax")
+    # Warm-up: page faults, loading the compiled kernels; the JAX program
+    # compiles for the full query shape.
+    ix.search(q if method == "jax" else q[:8], k=K)
     seconds, (ids, dist) = _timed(lambda: ix.search(q, k=K))
+    if method == "jax":
+      import jax  # pylint: disable=g-import-not-at-top
+      out["device"] = f"{len(jax.devices())} x {jax.devices()[0].device_kind}"
+  elif method == "popcount":
+    words = db.view(np.uint8).reshape(-1)[:8 * 2048].view(np.uint64).copy()
+    seconds = _popcount_floor(words, q.shape[0], n)
+    print(json.dumps({**out, "seconds": seconds, "cpu_seconds": seconds}))
+    return out
   elif method in ("faiss", "faiss_scan"):
     try:
       import faiss  # pylint: disable=g-import-not-at-top
@@ -123,12 +140,44 @@ def _run_one(method: str, n: int, queries: int, bits: int,
   return out
 
 
+def _popcount_floor(words: np.ndarray, queries: int, n: int) -> float:
+  """Seconds for queries x n XOR + popcount + add of 64-bit words, from a
+  compiled loop over an L1-resident block (the best of 3 CPU timings of
+  2e9)."""
+  import numba  # pylint: disable=g-import-not-at-top
+  from common import hamming_kernels  # pylint: disable=g-import-not-at-top
+  popcount = hamming_kernels._popcount  # pylint: disable=protected-access
+
+  @numba.njit(nogil=True, boundscheck=False)
+  def scan(qs, x, reps):
+    total = 0
+    for _ in range(reps):
+      for qv in qs:
+        acc = 0
+        for i in range(x.shape[0]):
+          acc += popcount(qv ^ x[i])
+        total += acc
+    return total
+
+  qs = words[:100].copy()
+  scan(qs, words, 1)
+  reps = max(1, int(2e9 // (qs.size * words.size)))
+  best = float("inf")
+  for _ in range(3):  # process CPU time: robust to other jobs on the cores
+    _timed(lambda: scan(qs, words, reps))
+    best = min(best, _CPU["last"])
+  return best / (reps * qs.size * words.size) * queries * n
+
+
 def _subprocess(method: str, n: int, queries: int, bits: int,
                 threads: int) -> dict:
   t = str(threads)
   env = dict(os.environ, OMP_NUM_THREADS=t, MKL_NUM_THREADS=t,
              OPENBLAS_NUM_THREADS=t, NUMEXPR_NUM_THREADS=t,
              NUMBA_NUM_THREADS=t, OMP_WAIT_POLICY="PASSIVE")
+  if threads == 1:  # XLA's CPU thread pool (the jax method on CPU)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_cpu_multi_thread_eigen=false").strip()
   cmd = [sys.executable, "-m", "benchmarks.search", "--one", method,
          "--sizes", str(n), "--queries", str(queries), "--bits", str(bits),
          "--threads", t]
@@ -182,6 +231,7 @@ def main() -> None:
     for n in sizes:
       for threads in thread_list:
         times = {m: [] for m in methods}
+        cpu_times = {m: [] for m in methods}
         loads, first = [], {}
         for _ in range(args.rounds):
           loads.append(os.getloadavg()[0])
@@ -190,12 +240,15 @@ def main() -> None:
             if "skipped" in r:
               raise SystemExit(f"{m}: {r['skipped']}")
             times[m].append(r["seconds"])
+            cpu_times[m].append(r["cpu_seconds"])
             first.setdefault(m, r)
             if "version" in r:
               versions[m] = r["version"]
         loads.append(os.getloadavg()[0])
         ours = first["ours"]
         for m in methods[1:]:
+          if m == "popcount":
+            continue
           same_dist = first[m]["dist"] == ours["dist"]
           same_ids = first[m]["ids"] == ours["ids"]
           if not same_dist:
@@ -206,17 +259,28 @@ def main() -> None:
                          "the first 50 queries (ties at the k-th distance).")
         for m in methods:
           ratio = [b / a for a, b in zip(times["ours"], times[m])]
-          med = statistics.median(times[m])
+          cpu_ratio = [b / a for a, b in zip(cpu_times["ours"],
+                                             cpu_times[m])]
+          cpu_med = statistics.median(cpu_times[m])
+          pairs = args.queries * n
+          floor = m == "popcount"
+          words = -(-bits // 64)
           rows.append([
-              bits, f"{n:,}", threads, m, _span(times[m]),
-              "" if m == "ours" else _span(ratio, "{:.2f}"),
-              f"{med * threads / (args.queries * n) * 1e9:.3f}",
+              bits, f"{n:,}", threads,
+              f"popcount floor (x{words} words)" if floor else m,
+              _span([t * words for t in times[m]]) if floor else
+              _span(times[m]),
+              "" if m == "ours" or floor else _span(ratio, "{:.2f}"),
+              "" if floor else _span(cpu_times[m]),
+              "" if m == "ours" or floor else _span(cpu_ratio, "{:.2f}"),
+              f"{cpu_med * (words if floor else 1) * 1e9 / pairs:.3f}",
               f"{min(loads):.1f}–{max(loads):.1f}"])
         print(rows[-len(methods):], flush=True)
   from benchmarks import bench_util  # pylint: disable=g-import-not-at-top
   header = ["bits", "N", "threads", "method",
             f"{args.queries} queries, s: median (min–max)",
-            "faiss / ours: median (min–max)", "ns / pair", "load (1 min)"]
+            "other / ours", "CPU s", "other / ours, CPU s", "CPU-ns / pair",
+            "load (1 min)"]
   command = ("python -m benchmarks.search " + " ".join(
       f"--{k} {v}" for k, v in (("sizes", args.sizes), ("bits", args.bits),
                                 ("threads", args.threads),
@@ -232,8 +296,13 @@ def main() -> None:
       f"Top-{K} of {args.queries} random queries over N random codes, exact, "
       "ties by database position. Each number is a fresh process at the "
       "given thread count (the same for every method); methods interleaved "
-      f"over {args.rounds} rounds; ratio > 1: ours faster. ns / pair = "
-      "median seconds x threads / (queries x N). Load: the 1-minute load "
+      f"over {args.rounds} rounds; median (min–max); ratio > 1: ours "
+      "faster, medians of the per-round ratios, of wall time and of the "
+      "process CPU time (less sensitive to other jobs on the cores). "
+      "CPU-ns / pair = median process CPU seconds (all threads) / (queries "
+      "x N); for the popcount floor, its CPU time for the code's 64-bit "
+      "words, one thread. Load: the "
+      "1-minute load "
       "average before each round and after the last (2 cores). All "
       "processes run with OMP_WAIT_POLICY=PASSIVE (see the script's "
       "docstring).",

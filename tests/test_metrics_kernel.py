@@ -226,3 +226,15 @@ def test_long_rankings_sum_like_numpy():
                     cutoffs=none),
       ref_scan(packed, index_order=True, need_counts=True, topk=20000,
                cutoffs=none))
+
+
+def test_pairwise_sum_is_numpys_order():
+  from common import hamming_kernels  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  lengths = list(range(1, 300)) + [1000, 1024, 4099, 65536, 100003]
+  for n in lengths:
+    x = np.arange(1.0, n + 1.0) / (np.sort(rng.integers(0, 10 * n, n)) + 1.0)
+    assert hamming_kernels.pairwise_sum(x, 0, n) == np.sum(x), n
+    # and on a slice that starts inside the buffer
+    y = np.concatenate([rng.random(5), x])
+    assert hamming_kernels.pairwise_sum(y, 5, n) == np.sum(x), n
