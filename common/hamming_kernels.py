@@ -447,6 +447,56 @@ def _block_keys(q, db, lab, dbl, b0, b1, buf, acc):
 
 
 @numba.njit(**_JIT)
+def _place_ranks(rec, ptr, dmax, pos, before, ranks, quarter):
+  """ranks[pos[d]++] = before[d] + within for the records rec[:ptr] with
+  d <= dmax, in record order within each d (a stable counting sort).
+
+  The records are split in four consecutive parts placed in the same loop:
+  part s of bucket d starts after the bucket's records in parts < s. Four
+  independent counters per bucket let the scatter stores overlap (one part
+  alone waits on each store's address, ~4 ns a record).
+  """
+  shift = np.uint64(32)
+  low = np.uint64(0xFFFFFFFF)
+  size = (ptr + 3) // 4
+  quarter[:] = 0
+  for s in range(4):
+    for r in range(s * size, min(ptr, (s + 1) * size)):
+      quarter[s, rec[r] >> shift] += 1
+  p0 = pos.copy()
+  p1 = p0 + quarter[0]
+  p2 = p1 + quarter[1]
+  p3 = p2 + quarter[2]
+  n1 = min(size, max(0, ptr - size))  # items in parts 1..3 (part 0: size)
+  n2 = min(size, max(0, ptr - 2 * size))
+  n3 = min(size, max(0, ptr - 3 * size))
+  for r in range(min(size, ptr)):
+    v = rec[r]
+    d = np.int64(v >> shift)
+    if d <= dmax:
+      ranks[p0[d]] = before[d] + np.int64(v & low)
+      p0[d] += 1
+    if r < n1:
+      v = rec[size + r]
+      d = np.int64(v >> shift)
+      if d <= dmax:
+        ranks[p1[d]] = before[d] + np.int64(v & low)
+        p1[d] += 1
+    if r < n2:
+      v = rec[2 * size + r]
+      d = np.int64(v >> shift)
+      if d <= dmax:
+        ranks[p2[d]] = before[d] + np.int64(v & low)
+        p2[d] += 1
+    if r < n3:
+      v = rec[3 * size + r]
+      d = np.int64(v >> shift)
+      if d <= dmax:
+        ranks[p3[d]] = before[d] + np.int64(v & low)
+        p3[d] += 1
+
+
+@numba.njit(**_JIT)
 def _count_below_sorted(values, size, bound):
   """#values[:size] < bound for ascending values (binary search)."""
   lo, hi = 0, size
@@ -494,6 +544,7 @@ def scan_queries(qc, dbc, ql, dbl, q0, q1, index_order, limit, topk, cutoffs,
   terms = np.empty(num_db if index_order else 1, np.float64)
   pos = np.empty(buckets, np.int64)
   before = np.empty(buckets, np.int64)
+  quarter = np.empty((4, buckets), np.int64)
   for g0 in range(q0, q1, group):
     g1 = min(q1, g0 + group)
     at[:] = 0
@@ -567,12 +618,7 @@ def scan_queries(qc, dbc, ql, dbl, q0, q1, index_order, limit, topk, cutoffs,
         if d <= dmax:
           slot += rel_at[d]
       kept = slot
-      for r in range(ptr):
-        v = rec[j, r]
-        d = np.int64(v >> shift)
-        if d <= dmax:
-          ranks[pos[d]] = before[d] + np.int64(v & low)
-          pos[d] += 1
+      _place_ranks(rec[j], ptr, dmax, pos, before, ranks, quarter)
       found = _count_below_sorted(ranks, kept, topk)
       if found == 0:
         index_ap[qi] = np.nan
