@@ -5,7 +5,8 @@ word contiguous over the items, queries (Q, W). A code of K bits occupies
 ceil(K/64) words; unused bits are 0 on both sides, so they add nothing to
 d = sum_w popcount(q_w XOR x_w).
 
-Each kernel makes ONE pass over the codes it is given: for a block of items
+Each kernel is one pass over the codes it is given (a radius search runs
+two: count, then fill): for a block of items
 (L1-resident) and each query, a vectorised loop computes XOR + popcount (+
 compare) for the block, and scalar code touches only the items that can
 change the result. Kernels release the GIL (`nogil`), so the callers run them
@@ -14,10 +15,13 @@ on disjoint database ranges (search) or query ranges (metrics) in threads.
 Why numba: the work per (query, item) pair is a few instructions, and the
 data-dependent part (the running k-th distance, per-distance counters) must
 sit in the same loop, which neither NumPy (a pass and a temporary per step)
-nor XLA on CPU (no data-dependent early exit; its top_k sorts) can express.
-numba compiles this loop for the host CPU with LLVM (AVX-512 VPOPCNTQ where
-the CPU has it) from a manylinux wheel, with no compiler at install time, and
-caches the machine code beside this file (`cache=True`).
+nor XLA on CPU (no data-dependent early exit; its top_k sorts) can express:
+the XLA search of common/index_jax.py, right on accelerators, costs ~220
+CPU-ns per pair on CPU against ~0.1 here (benchmarks/RESULTS.md). numba
+compiles these loops for the host CPU with LLVM (512-bit VPOPCNTQ where the
+CPU has it, ~9x FAISS IndexBinaryFlat at 64 bits) from a manylinux wheel,
+with no compiler at install time, and caches the machine code beside this
+file (`cache=True`; first use in a fresh install compiles for ~10-30 s).
 """
 
 from __future__ import annotations
