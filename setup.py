@@ -24,6 +24,10 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.9,<5",
         "array-record>=0.8,<0.9",
         "numpy>=2.0,<3",
+        # Compiled Hamming kernels (common/hamming_kernels.py): top-k, radius
+        # and the retrieval metrics in one pass over the codes; a wheel, no
+        # compiler needed.
+        "numba>=0.68,<0.69",
         "absl-py>=2.1,<3",
         "chex>=0.1.90,<0.2",
         # Configs as code (get_config files, --config.<key> overrides).

@@ -5,26 +5,32 @@ bit j of the code is bit 7 - (j mod 8) of byte j // 8 (big-endian within a
 byte), and the unused low bits of the last byte are 0. A 64-bit code is 8
 bytes an item.
 
-Distance: d(q, x) = popcount(q XOR x) = (K - <q, x>) / 2 for ±1 codes. The
-bytes are read as the widest unsigned word dividing the code length (uint64
-when K is a multiple of 64, down to uint8), word-major over the database, so
-each XOR + np.bitwise_count runs over contiguous memory.
+Distance: d(q, x) = popcount(q XOR x) = (K - <q, x>) / 2 for ±1 codes.
 
 Order: by distance, ties by database position (row of the index), exactly
-`np.argsort(dist, kind="stable")` as in common/metrics.py. Top-k scans the
-database in (query block x item block) tiles in position order and keeps, per
-query, the k best keys  key = d * N + position  (unique, so the order is
-total). Once k items are held with k-th distance tau, a later item can only
-enter with d < tau (a tie loses on position), so most tiles cost one compare
-and one `any`. The database is split into contiguous ranges, one per thread
-(numpy releases the GIL in its loops); the per-range top-k merge exactly
-because the keys carry global positions.
+`np.argsort(dist, kind="stable")` as in common/metrics.py.
 
-Memory of one search, beyond the index and the result: per thread the tile
-buffers, about _TILE_PAIRS x (word bytes + 4) bytes (3 MiB for 64-bit codes),
-and the (Q, k) int64 keys; codes of more than one word keep a word-major copy
-of the database (N x bytes). Radius searches and k >= N return up to Q x N
-entries (16 bytes each while sorting); that is the output itself.
+Backends (`HammingIndex(backend=...)`, default "auto"):
+- "cpu": compiled kernels (common/hamming_kernels.py, numba): one pass over
+  the codes, read as uint64 words, word-major (W, N); per block of 2048
+  items and per query a vectorised XOR + popcount + compare against the
+  query's current k-th distance tau, and scalar work only for the items
+  below it (a counting top-k: per-distance counters give tau, no heap).
+  Keys d * N + position are unique, so ties go by position. The database is
+  split into contiguous ranges, one per thread (the kernels release the
+  GIL); the per-range top-k merge exactly. Radius search counts per
+  (query, distance) in a first pass, then writes every hit straight to its
+  sorted slot in a second; k >= N is the radius search with radius K.
+- "jax": the same results on an accelerator (common/index_jax.py): ±1 codes
+  as an int8/bf16 matmul, d = (K - <q, x>) / 2, and an exact tiled top-k,
+  the database sharded over the devices.
+- "auto": "jax" when JAX's default backend is a GPU or TPU, else "cpu".
+
+Memory of one CPU search, beyond the index and the result: a uint64
+word-major copy of the codes (8 * ceil(K/64) bytes an item; a view for
+64-bit codes) and, per thread, Q x (2k + 128) int64 candidate keys (queries
+are taken in chunks that keep this under _CANDIDATE_BYTES). Radius searches
+and k >= N return up to Q x N entries; that is the output itself.
 """
 
 from __future__ import annotations
@@ -41,18 +47,21 @@ from common import metrics
 FORMAT = "noisy-hashing-jax/hamming-index"
 FORMAT_VERSION = 1
 _META = "meta.json"
+BACKENDS = ("auto", "cpu", "jax")
 
-# (query, item) pairs per tile: the XOR temporary of 64-bit codes is 2 MiB,
-# about one core's L2, and numpy's per-call overhead stays < 5% of a tile.
-_TILE_PAIRS = 1 << 18
-_QUERY_BLOCK = 64
+# Items per kernel block for one-word codes, half that for longer ones (tests
+# shrink it to cross many blocks).
+_BLOCK = 2048
 # (query, item) pairs per thread below which another thread costs more than
-# it saves (~4 ms of scanning).
-_MIN_PAIRS_PER_THREAD = 1 << 22
-# Candidates collected before merging them into the running top-k.
-_MERGE_BATCH = 1 << 10
-# Items per query whose k-th distance seeds the threshold of a query block.
-_FIRST_SAMPLE = 4096
+# it saves (~0.2 ms of scanning).
+_MIN_PAIRS_PER_THREAD = 1 << 21
+# Bound on the candidate buffers of one search (all threads together).
+_CANDIDATE_BYTES = 256 << 20
+
+
+def _kernels():
+  from common import hamming_kernels  # pylint: disable=g-import-not-at-top
+  return hamming_kernels
 
 
 # -------------------------------------------------------------------- packing
@@ -96,17 +105,17 @@ def _check_packed(packed, bits: int, *, name: str) -> np.ndarray:
   return np.ascontiguousarray(packed)
 
 
-def _word_dtype(nbytes: int) -> np.dtype:
-  """The widest unsigned word whose size divides the code's byte count."""
-  for width, dtype in ((8, np.uint64), (4, np.uint32), (2, np.uint16)):
-    if nbytes % width == 0:
-      return np.dtype(dtype)
-  return np.dtype(np.uint8)
-
-
-def _as_words(packed: np.ndarray) -> np.ndarray:
-  """(N, B) bytes -> (N, W) words; the same bytes, so XOR + popcount agree."""
-  return packed.view(_word_dtype(packed.shape[1]))
+def as_words64(packed: np.ndarray) -> np.ndarray:
+  """(N, B) packed bytes -> (N, ceil(B/8)) uint64 words (zero-padded bytes),
+  so popcount(q XOR x) summed over the words is the Hamming distance."""
+  packed = np.ascontiguousarray(packed, np.uint8)
+  nbytes = packed.shape[1]
+  width = -(-nbytes // 8) * 8
+  if width != nbytes:
+    padded = np.zeros((packed.shape[0], width), np.uint8)
+    padded[:, :nbytes] = packed
+    packed = padded
+  return packed.view(np.uint64)
 
 
 # --------------------------------------------------------------------- search
@@ -120,10 +129,12 @@ class HammingIndex:
     ids: (N,) int64 ids returned by `search` (default: 0..N-1).
     bits: code length K.
     meta: free-form JSON-serialisable dict, saved with the index.
+    backend: "cpu" or "jax", resolved from the `backend` argument at the
+      first search ("auto": "jax" on a GPU/TPU default backend).
   """
 
   def __init__(self, packed, bits: int, ids=None, *, meta: dict | None = None,
-               num_threads: int | None = None):
+               num_threads: int | None = None, backend: str = "auto"):
     self.bits = _check_bits(bits)
     self.packed = _check_packed(packed, self.bits, name="packed")
     n = self.packed.shape[0]
@@ -137,15 +148,18 @@ class HammingIndex:
                        f"shape {ids.shape} dtype {ids.dtype}.")
     self.ids = ids.astype(np.int64)
     self.meta = dict(meta or {})
-    # Word-major (W, N): each word contiguous over the database (a view when
-    # W == 1, e.g. 64-bit codes).
-    self._db = np.ascontiguousarray(_as_words(self.packed).T)
-    self._dist_dtype = np.dtype(np.uint8 if self.bits < 255 else np.uint16)
-    threads = (os.cpu_count() or 1) if num_threads is None else num_threads
-    if not isinstance(threads, (int, np.integer)) or threads < 1:
+    if num_threads is not None and (
+        isinstance(num_threads, (bool, np.bool_)) or
+        not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
       raise ValueError(f"num_threads must be an integer >= 1; got "
                        f"{num_threads!r}.")
-    self._threads = int(threads)
+    self._threads = None if num_threads is None else int(num_threads)
+    if backend not in BACKENDS:
+      raise ValueError(f"backend must be one of {list(BACKENDS)}; got "
+                       f"{backend!r}.")
+    self._backend = backend
+    self._db = None  # uint64 word-major (W, N), built at the first search
+    self._jax = None  # common.index_jax.JaxHammingSearch, built on demand
 
   @classmethod
   def from_codes(cls, codes, ids=None, **kwargs) -> "HammingIndex":
@@ -156,6 +170,14 @@ class HammingIndex:
 
   def __len__(self) -> int:
     return int(self.packed.shape[0])
+
+  @property
+  def backend(self) -> str:
+    if self._backend == "auto":
+      import jax  # pylint: disable=g-import-not-at-top
+      self._backend = "jax" if jax.default_backend() in ("gpu", "tpu") \
+          else "cpu"
+    return self._backend
 
   def save(self, directory: str) -> None:
     save_index(directory, self.packed, self.ids, self.bits, self.meta)
@@ -186,22 +208,39 @@ class HammingIndex:
                                not isinstance(radius, (int, np.integer)) or
                                radius < 0):
       raise ValueError(f"radius must be an integer >= 0; got {radius!r}.")
-    qw = _as_words(q)
+    if self.backend == "jax":
+      return self._jax_search().search(q, k, radius)
+    qw = as_words64(q)
     if k is None:
       rows, keys = self._radius(qw, min(int(radius), self.bits))
     else:
-      keys = self._top_k(qw, min(int(k), len(self)))
+      k = min(int(k), len(self))
+      limit = self.bits + 1 if radius is None else min(int(radius),
+                                                       self.bits) + 1
+      keys = self._top_k(qw, k, limit)
       if radius is None:
         return self._decode(keys)
       rows = np.repeat(np.arange(q.shape[0]), keys.shape[1])
       keys = keys.ravel()
-      inside = keys // len(self) <= radius
+      inside = keys // len(self) < limit
       rows, keys = rows[inside], keys[inside]
     ids, dist = self._decode(keys)
     splits = np.cumsum(np.bincount(rows, minlength=q.shape[0]))[:-1]
     return np.split(ids, splits), np.split(dist, splits)
 
   # -- internals
+
+  def _jax_search(self):
+    if self._jax is None:
+      from common import index_jax  # pylint: disable=g-import-not-at-top
+      self._jax = index_jax.JaxHammingSearch(self.packed, self.bits,
+                                             self.ids)
+    return self._jax
+
+  def _words(self) -> np.ndarray:
+    if self._db is None:
+      self._db = np.ascontiguousarray(as_words64(self.packed).T)
+    return self._db
 
   def _decode(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dist, pos = np.divmod(keys, len(self))
@@ -210,10 +249,14 @@ class HammingIndex:
   def _ranges(self, num_queries: int) -> list[tuple[int, int]]:
     """Contiguous database ranges, one per thread used for this search."""
     pairs = num_queries * len(self)
-    threads = max(1, min(self._threads, pairs // _MIN_PAIRS_PER_THREAD,
-                         len(self)))
+    threads = (_kernels().default_threads() if self._threads is None
+               else self._threads)
+    threads = max(1, min(threads, pairs // _MIN_PAIRS_PER_THREAD, len(self)))
     bounds = np.linspace(0, len(self), threads + 1).astype(np.int64)
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+  def _block(self) -> int:
+    return _BLOCK if self._words().shape[0] == 1 else max(1, _BLOCK // 2)
 
   def _map(self, fn, ranges):
     if len(ranges) == 1:
@@ -221,151 +264,53 @@ class HammingIndex:
     with concurrent.futures.ThreadPoolExecutor(len(ranges)) as pool:
       return list(pool.map(lambda r: fn(*r), ranges))
 
-  def _tiles(self, qw: np.ndarray, lo: int, hi: int):
-    """Yields (query start, item start, distances (qb, nb)) over the tiles.
-
-    d = sum_w popcount(q_w XOR x_w), accumulated in uint8 (uint16 if K>=255).
-    The yielded array is a reused buffer, valid until the next step.
-    """
-    qb = min(qw.shape[0], _QUERY_BLOCK)
-    nb = max(1, min(hi - lo, _TILE_PAIRS // qb))
-    xor = np.empty((qb, nb), self._db.dtype)
-    dist = np.empty((qb, nb), self._dist_dtype)
-    count = np.empty((qb, nb), np.uint8)
-    for q0 in range(0, qw.shape[0], qb):
-      q = qw[q0:q0 + qb]
-      for i0 in range(lo, hi, nb):
-        i1 = min(hi, i0 + nb)
-        x, d, c = (a[:q.shape[0], :i1 - i0] for a in (xor, dist, count))
-        for w in range(q.shape[1]):
-          np.bitwise_xor(q[:, w, None], self._db[w, None, i0:i1], out=x)
-          if w == 0:
-            np.bitwise_count(x, out=d, casting="unsafe")
-          else:
-            d += np.bitwise_count(x, out=c)
-        yield q0, i0, d
-
-  def _top_k(self, qw: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) sorted keys d * N + position of the k best items per query."""
+  def _top_k(self, qw: np.ndarray, k: int, limit: int) -> np.ndarray:
+    """(Q, k) sorted keys d * N + position of the k best items with
+    d < limit per query; missing entries are (bits + 1) * N."""
     n = len(self)
-    if k == n:  # the whole ranking: one stable counting sort per query
-      return self._full_ranking(qw)
-    parts = self._map(lambda lo, hi: self._top_k_range(qw, k, lo, hi),
-                      self._ranges(qw.shape[0]))
-    return parts[0] if len(parts) == 1 else np.sort(
-        np.concatenate(parts, axis=1), axis=1)[:, :k]
-
-  def _top_k_range(self, qw: np.ndarray, k: int, lo: int, hi: int):
-    n = len(self)
-    sentinel = (self.bits + 1) * n  # above every real key
-    keys = np.full((qw.shape[0], k), sentinel, np.int64)
-    # k-th best distance held per query; bits + 1 admits everything.
-    tau = np.full((qw.shape[0], 1), self.bits + 1, self._dist_dtype)
-    mask, found, pending = None, [], 0
-
-    def flush():
-      rows = _merge(keys, np.concatenate([r for r, _ in found]),
-                    np.concatenate([key for _, key in found]), k)
-      tau[rows, 0] = np.minimum(keys[rows, k - 1] // n, self.bits + 1)
-      found.clear()
-
-    for q0, i0, d in self._tiles(qw, lo, hi):
-      if mask is None or mask.shape != d.shape:
-        mask = np.empty(d.shape, bool)
-      limit = tau[q0:q0 + d.shape[0]]
-      if i0 == lo and d.shape[1] > k:
-        # First tile of a query block: start from the k-th distance of its
-        # first items rather than admitting every item.
-        sample = d[:, :max(_FIRST_SAMPLE, 4 * k)]
-        kth = np.partition(sample, k - 1, axis=1)[:, k - 1:k]
-        limit = np.minimum(limit, kth + 1)
-      np.less(d, limit, out=mask)
-      flat = np.flatnonzero(mask)  # much faster than a 2-D np.nonzero
-      if flat.size == 0:
-        continue
-      # Exactness does not need this; it bounds the merge when ties abound.
-      if (flat.size > max(4 * k * d.shape[0], _MERGE_BATCH) and
-          _keep_best(d, mask, flat // d.shape[1], k)):
-        flat = np.flatnonzero(mask)
-      r, c = np.divmod(flat, d.shape[1])
-      found.append((q0 + r, d[r, c].astype(np.int64) * n + (i0 + c)))
-      pending += flat.size
-      # Merging is batched: tau lags a little, so a few more items pass. The
-      # first tile of a block is merged at once, to set tau from bits + 1.
-      if pending >= _MERGE_BATCH or i0 == lo:
-        flush()
-        pending = 0
-    if found:
-      flush()
-    return keys
-
-  def _full_ranking(self, qw: np.ndarray) -> np.ndarray:
-    n = len(self)
-    keys = np.empty((qw.shape[0], n), np.int64)
-    dist = np.empty((qw.shape[0], n), self._dist_dtype)
-    for q0, i0, d in self._tiles(qw, 0, n):
-      dist[q0:q0 + d.shape[0], i0:i0 + d.shape[1]] = d
-    order = np.argsort(dist, axis=1, kind="stable")
-    np.multiply(np.take_along_axis(dist, order, axis=1), np.int64(n),
-                out=keys)
-    keys += order
-    return keys
+    if k == n and limit > self.bits:  # the whole ranking
+      rows, keys = self._radius(qw, self.bits)
+      return keys.reshape(qw.shape[0], n)
+    kern, db, block = _kernels(), self._words(), self._block()
+    sentinel = (self.bits + 1) * n
+    ranges = self._ranges(qw.shape[0])
+    per_query = len(ranges) * 8 * (2 * k + 128)
+    chunk = max(1, _CANDIDATE_BYTES // per_query)
+    out = []
+    for q0 in range(0, qw.shape[0], chunk):
+      q = np.ascontiguousarray(qw[q0:q0 + chunk])
+      parts = self._map(
+          lambda lo, hi, q=q: kern.topk_range(q, db, lo, hi, k, limit, n,
+                                              sentinel, block), ranges)
+      out.append(parts[0] if len(parts) == 1 else np.sort(
+          np.concatenate(parts, axis=1), axis=1)[:, :k])
+    return out[0] if len(out) == 1 else np.concatenate(out)
 
   def _radius(self, qw: np.ndarray, radius: int):
-    """(query rows, keys) of all items within `radius`, sorted by (row, key)."""
-    n = len(self)
+    """(query rows, keys) of all items within `radius`, sorted by (row, key).
 
-    def scan(lo, hi):
-      found = []
-      for q0, i0, d in self._tiles(qw, lo, hi):
-        r, c = np.nonzero(d <= radius)
-        found.append((q0 + r, d[r, c].astype(np.int64) * n + (i0 + c)))
-      return found
-
-    parts = self._map(scan, self._ranges(qw.shape[0]))
-    found = [f for part in parts for f in part]
-    rows = np.concatenate([r for r, _ in found])
-    keys = np.concatenate([key for _, key in found])
-    order = np.lexsort((keys, rows))
-    return rows[order], keys[order]
-
-
-def _keep_best(d: np.ndarray, mask: np.ndarray, rows: np.ndarray,
-               k: int) -> bool:
-  """Where a row has more than k candidates, keeps only its k best.
-
-  Best = smallest (distance, column); `rows` are the candidates' rows. Such
-  rows are rare after the first tile, so the O(columns) partition + cumsum
-  runs on few rows. Returns whether `mask` changed.
-  """
-  heavy = np.flatnonzero(np.bincount(rows, minlength=d.shape[0]) > k)
-  if heavy.size == 0:
-    return False
-  dh = d[heavy]
-  kth = np.partition(dh, k - 1, axis=1)[:, k - 1:k]
-  below = dh < kth
-  tied = dh == kth
-  need = k - np.count_nonzero(below, axis=1)
-  mask[heavy] = below | (tied & (np.cumsum(tied, axis=1) <= need[:, None]))
-  return True
-
-
-def _merge(keys: np.ndarray, rows: np.ndarray, new: np.ndarray,
-           k: int) -> np.ndarray:
-  """keys[r] <- the k smallest of keys[r] and the new keys of row r.
-
-  Every touched row holds k keys already, so exactly k survive per row.
-  Returns the touched rows.
-  """
-  touched = np.unique(rows)
-  all_rows = np.concatenate([np.repeat(touched, k), rows])
-  all_keys = np.concatenate([keys[touched].ravel(), new])
-  order = np.lexsort((all_keys, all_rows))
-  starts = np.searchsorted(all_rows[order], touched)
-  rank = np.arange(order.size) - np.repeat(
-      starts, np.diff(np.append(starts, order.size)))
-  keys[touched] = all_keys[order[rank < k]].reshape(-1, k)
-  return touched
+    Pass 1 counts hits per (range, query, distance); pass 2 writes each hit
+    at its final place: query base + hits of smaller distance + hits of the
+    same distance in earlier ranges + earlier hits of its range.
+    """
+    kern, db, block = _kernels(), self._words(), self._block()
+    n, num_q = len(self), qw.shape[0]
+    qw = np.ascontiguousarray(qw)
+    ranges = self._ranges(num_q)
+    counts = np.zeros((len(ranges), num_q, radius + 1), np.int64)
+    self._map(lambda lo, hi: kern.radius_counts(
+        qw, db, lo, hi, radius, counts[ranges.index((lo, hi))], block),
+              ranges)
+    total = counts.sum(axis=0)  # (Q, D)
+    lengths = total.sum(axis=1)
+    base = np.cumsum(lengths) - lengths
+    start = base[:, None] + np.cumsum(total, axis=1) - total
+    offsets = start[None] + np.cumsum(counts, axis=0) - counts  # (R, Q, D)
+    keys = np.empty(int(lengths.sum()), np.int64)
+    self._map(lambda lo, hi: kern.radius_fill(
+        qw, db, lo, hi, radius, offsets[ranges.index((lo, hi))], keys, n,
+        block), ranges)
+    return np.repeat(np.arange(num_q), lengths), keys
 
 
 # ---------------------------------------------------------------- save / load
@@ -395,7 +340,8 @@ def save_index(directory: str, packed, ids, bits: int,
   meta.json: {"format", "version", "bits", "count", "bytes_per_code",
   "codes": file, "ids": file, "meta": the user's dict}.
   """
-  index = HammingIndex(packed, bits, ids, meta=meta, num_threads=1)
+  index = HammingIndex(packed, bits, ids, meta=meta, num_threads=1,
+                       backend="cpu")
   os.makedirs(directory, exist_ok=True)
   tag = uuid.uuid4().hex[:12]
   files = {"codes": f"codes-{tag}.npy", "ids": f"ids-{tag}.npy"}
@@ -413,8 +359,8 @@ def save_index(directory: str, packed, ids, bits: int,
       os.remove(os.path.join(directory, name))
 
 
-def load_index(directory: str, *, num_threads: int | None = None
-               ) -> HammingIndex:
+def load_index(directory: str, *, num_threads: int | None = None,
+               backend: str = "auto") -> HammingIndex:
   """Reads a folder written by save_index (errors name the file and key)."""
   path = os.path.join(directory, _META)
   if not os.path.isfile(path):
@@ -443,4 +389,5 @@ def load_index(directory: str, *, num_threads: int | None = None
       raise ValueError(f"file {file!r}: {arrays[key].shape[0]} rows but "
                        f"{path!r} says count={info['count']}.")
   return HammingIndex(arrays["codes"], info["bits"], arrays["ids"],
-                      meta=info.get("meta"), num_threads=num_threads)
+                      meta=info.get("meta"), num_threads=num_threads,
+                      backend=backend)

@@ -5,8 +5,11 @@ query when they share at least one label. The Hamming distance takes only
 K + 1 values, so each query is summarised by its counts per distance bucket
 (items n_b, relevant items r_b). Everything tie-aware and radius-based follows
 from those counts; the `index` tie order additionally needs, per query, the
-ranks of the relevant items, which a stable counting sort of the uint8
-distances gives (numpy's radix argsort) - no comparison sort anywhere.
+ranks of the relevant items: one pass of a compiled kernel
+(common/hamming_kernels.py) counts items per distance in index order and
+places the relevant ones by a stable counting sort - no comparison sort
+anywhere. AP sums run in NumPy's pairwise order, so results equal the former
+pure-NumPy implementation bit for bit (tests/test_metrics_kernel.py).
 
 Conventions (see docs/evaluate.md):
 - ties="index": equal distances ordered by database index, i.e. exactly the
@@ -20,8 +23,9 @@ Conventions (see docs/evaluate.md):
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -199,13 +203,13 @@ def hamming_distances(query_codes, db_codes) -> np.ndarray:
   return _distances(packed, 0, packed.num_queries)
 
 
-# ----------------------------------------------------------- chunked scanning
+# ------------------------------------------------------------------ scanning
 
-
-def _chunk_rows(packed: _Packed) -> Iterator[tuple[int, int]]:
-  rows = max(1, _PAIRS_PER_CHUNK // packed.num_db)
-  for start in range(0, packed.num_queries, rows):
-    yield start, min(start + rows, packed.num_queries)
+# (query, item) pairs per thread below which another thread costs more than
+# it saves.
+_MIN_PAIRS_PER_THREAD = 1 << 22
+# Record buffers of one thread's query group (index tie order).
+_GROUP_BYTES = 64 << 20
 
 
 def _distances(packed: _Packed, start: int, stop: int) -> np.ndarray:
@@ -218,27 +222,15 @@ def _distances(packed: _Packed, start: int, stop: int) -> np.ndarray:
   return dist
 
 
-def _relevance(packed: _Packed, start: int, stop: int) -> np.ndarray:
-  """Relevance (stop-start, N): the label words share at least one bit."""
-  q = packed.query_labels[start:stop]
-  shared = q[:, 0, None] & packed.db_labels[0][None, :]
-  for v in range(1, q.shape[1]):
-    shared |= q[:, v, None] & packed.db_labels[v][None, :]
-  return shared != 0
-
-
-def _bucket_histograms(dist: np.ndarray, rel: np.ndarray, buckets: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
-  """Per-row (items, relevant items) at each distance, shapes (rows, K+1).
-
-  One bincount per row of the key 2 * distance + relevance gives both; the
-  key stays uint8 up to K = 127, which keeps the pass cheap.
-  """
-  key_dtype = np.uint8 if 2 * buckets <= 256 else np.uint16
-  keys = (dist.astype(key_dtype) << 1) | rel.view(np.uint8)
-  hist = np.stack([np.bincount(row, minlength=2 * buckets) for row in keys])
-  hist = hist.reshape(dist.shape[0], buckets, 2)
-  return hist.sum(axis=2), hist[:, :, 1]
+def _words64(rows: np.ndarray) -> np.ndarray:
+  """(R, W) unsigned words -> (R, ceil(bytes/8)) uint64 words (zero padded);
+  the same transform on both sides keeps XOR + popcount and AND exact."""
+  raw = np.ascontiguousarray(rows).view(np.uint8).reshape(rows.shape[0], -1)
+  width = -(-raw.shape[1] // 8) * 8
+  if width != raw.shape[1]:
+    raw = np.concatenate(
+        [raw, np.zeros((raw.shape[0], width - raw.shape[1]), np.uint8)], 1)
+  return np.ascontiguousarray(raw).view(np.uint64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,61 +253,56 @@ class _Scan:
   index_hits: np.ndarray | None
 
 
-def _index_order_row(dist: np.ndarray, rel: np.ndarray,
-                     cum_counts: np.ndarray | None, *, limit: int, topk: int,
-                     cutoffs: np.ndarray) -> tuple[float, np.ndarray]:
-  """AP@topk and hits at cutoffs of one query in index tie order.
-
-  The ranking is the stable order by distance: a radix argsort of the uint8
-  distances (a counting sort, not a comparison sort). When only the top
-  `limit` ranks matter (cum_counts given), items beyond the bucket holding
-  rank `limit` are dropped first; a stable sort of the rest keeps index order.
-
-  AP@k = (1/M) sum_{t=1..M} t / p_t, where p_1 < ... < p_M are the 1-based
-  ranks of the relevant items within the top k (NaN when M = 0).
-  """
-  if cum_counts is not None:
-    keep = np.flatnonzero(dist <= np.searchsorted(cum_counts, limit))
-    dist, rel = dist[keep], rel[keep]
-  ranks = np.flatnonzero(rel[np.argsort(dist, kind="stable")])  # 0-based
-  found = int(np.searchsorted(ranks, topk))
-  if found == 0:
-    ap = np.nan
-  else:
-    ap = float(np.sum(np.arange(1.0, found + 1.0) / (ranks[:found] + 1.0))
-               / found)
-  return ap, np.searchsorted(ranks, cutoffs)
-
-
 def _scan(packed: _Packed, *, index_order: bool, need_counts: bool,
           topk: int, cutoffs: np.ndarray) -> _Scan:
-  """One chunked pass: bucket counts and/or index-order AP and hits."""
+  """One pass of the compiled kernel (common.hamming_kernels.scan_queries).
+
+  Per query it counts items and relevant items per distance (key 2d + rel)
+  and, in index tie order, the sorted ranks of the relevant items within
+  the top `limit` = max(topk, cutoffs), giving AP@topk (summed in NumPy's
+  pairwise order, so equal bit for bit to np.sum) and hits at the cutoffs.
+  Query ranges run in threads (NUMBA_NUM_THREADS, default all CPUs); each
+  thread holds 24 bytes per database item in index order.
+  """
+  from common import hamming_kernels  # pylint: disable=g-import-not-at-top
   num_q, num_db = packed.num_queries, packed.num_db
+  if num_db >= 2**31:
+    raise ValueError(f"db_codes has {num_db} rows; at most 2**31 - 1 are "
+                     "supported.")
   buckets = packed.num_bits + 1
   limit = int(max(topk, cutoffs.max(initial=0)))
-  truncate = index_order and limit < num_db
+  qc = _words64(packed.query_codes)
+  dbc = np.ascontiguousarray(_words64(packed.db_codes.T).T)
+  ql = _words64(packed.query_labels)
+  dbl = np.ascontiguousarray(_words64(packed.db_labels.T).T)
+  cuts = np.ascontiguousarray(cutoffs, np.int64)
   num_relevant = np.zeros(num_q, np.int64)
-  counts = np.zeros((num_q, buckets), np.int64) if need_counts else None
-  rel_counts = np.zeros((num_q, buckets), np.int64) if need_counts else None
-  index_ap = np.full(num_q, np.nan) if index_order else None
-  index_hits = (np.zeros((num_q, cutoffs.size), np.int64)
-                if index_order else None)
-  for start, stop in _chunk_rows(packed):
-    dist = _distances(packed, start, stop)
-    rel = _relevance(packed, start, stop)
-    num_relevant[start:stop] = np.count_nonzero(rel, axis=1)
-    if need_counts or truncate:
-      chunk_counts, chunk_rel = _bucket_histograms(dist, rel, buckets)
-      if need_counts:
-        counts[start:stop], rel_counts[start:stop] = chunk_counts, chunk_rel
-      cum = np.cumsum(chunk_counts, axis=1)
-    if not index_order:
-      continue
-    for i in range(stop - start):
-      index_ap[start + i], index_hits[start + i] = _index_order_row(
-          dist[i], rel[i], cum[i] if truncate else None, limit=limit,
-          topk=topk, cutoffs=cutoffs)
-  return _Scan(num_relevant, counts, rel_counts, index_ap, index_hits)
+  counts = np.zeros((num_q, buckets), np.int64)
+  rel_counts = np.zeros((num_q, buckets), np.int64)
+  index_ap = np.full(num_q, np.nan)
+  index_hits = np.zeros((num_q, cuts.size), np.int64)
+  threads = max(1, min(hamming_kernels.default_threads(), num_q,
+                       num_q * num_db // _MIN_PAIRS_PER_THREAD))
+  bounds = np.linspace(0, num_q, threads + 1).astype(np.int64).tolist()
+  # Queries per pass over the item blocks: up to 8, while their records
+  # (8 bytes per item each, index order only) stay within _GROUP_BYTES.
+  group = max(1, min(8, _GROUP_BYTES // (8 * num_db))) if index_order else 8
+
+  def run(q0, q1):
+    hamming_kernels.scan_queries(
+        qc, dbc, ql, dbl, q0, q1, index_order, limit, topk, cuts,
+        num_relevant, counts, rel_counts, index_ap, index_hits,
+        hamming_kernels.BLOCK, group)
+
+  if threads == 1:
+    run(0, num_q)
+  else:
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+      list(pool.map(run, bounds[:-1], bounds[1:]))
+  return _Scan(num_relevant, counts if need_counts else None,
+               rel_counts if need_counts else None,
+               index_ap if index_order else None,
+               index_hits if index_order else None)
 
 
 # ------------------------------------------------------- tie-aware formulas

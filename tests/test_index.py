@@ -29,15 +29,15 @@ def _reference(q, db):
 
 
 @pytest.fixture(autouse=True)
-def small_tiles(monkeypatch):
-  # Small tiles and batches so even tiny inputs cross many tiles and merges.
-  monkeypatch.setattr(hindex, "_TILE_PAIRS", 64)
-  monkeypatch.setattr(hindex, "_QUERY_BLOCK", 4)
-  monkeypatch.setattr(hindex, "_MERGE_BATCH", 8)
+def small_blocks(monkeypatch):
+  # Small kernel blocks and thread ranges so even tiny inputs cross many
+  # blocks, ranges and merges.
+  monkeypatch.setattr(hindex, "_BLOCK", 8)
   monkeypatch.setattr(hindex, "_MIN_PAIRS_PER_THREAD", 16)
 
 
-@pytest.mark.parametrize("bits", [8, 16, 24, 64, 128, 200, 256])
+# 1..4 uint64 words take the unrolled scans, 320 bits (5 words) the buffered.
+@pytest.mark.parametrize("bits", [8, 16, 24, 64, 128, 200, 256, 320])
 @pytest.mark.parametrize("n,nq", [(1, 1), (37, 1), (150, 9)])
 @pytest.mark.parametrize("threads", [1, 3])
 def test_top_k_and_radius_match_reference(bits, n, nq, threads):
@@ -75,10 +75,10 @@ def test_all_identical_codes_tie_by_position():
 
 
 @pytest.mark.parametrize("k", [1, 7, 40])
-def test_heavy_ties_with_large_tiles(monkeypatch, k):
-  # Tiles wider than k, so a tile holds far more than k tied candidates and
-  # the per-row reduction (_keep_best) runs.
-  monkeypatch.setattr(hindex, "_TILE_PAIRS", 4096)
+def test_heavy_ties_with_large_blocks(monkeypatch, k):
+  # Full-size blocks (2048 items): a block holds far more than k tied
+  # candidates and its 128-item sub-blocks are filtered one by one.
+  monkeypatch.setattr(hindex, "_BLOCK", 2048)
   rng = np.random.default_rng(k)
   db, q = _codes(rng, 3000, 16, distinct=2), _codes(rng, 6, 16, distinct=2)
   db[rng.random(3000) < 0.5] = q[0]  # many exact duplicates of a query
@@ -88,6 +88,36 @@ def test_heavy_ties_with_large_tiles(monkeypatch, k):
         hindex.pack_codes(q), k=k)
     np.testing.assert_array_equal(ids, order[:, :k])
     np.testing.assert_array_equal(got, dist[:, :k])
+
+
+@pytest.mark.parametrize("bits", [256, 300])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_item_improves_the_bound(monkeypatch, bits, threads):
+  # Item i differs from the query in bits - i bits: distances fall strictly
+  # along the database, every item is admitted, and the candidate buffer
+  # (2k + 128 keys, fewer than bits + 1 items) is compacted.
+  monkeypatch.setattr(hindex, "_BLOCK", 2048)
+  rng = np.random.default_rng(bits)
+  q = np.where(rng.random((1, bits)) < 0.5, 1, -1)
+  db = np.repeat(q, bits + 1, axis=0)
+  for i in range(bits + 1):
+    db[i, rng.permutation(bits)[:bits - i]] *= -1
+  db = np.concatenate([db, np.repeat(-q, 50, axis=0)])  # far: none enters
+  order, dist = _reference(q, db)
+  ix = hindex.HammingIndex.from_codes(db, num_threads=threads)
+  for k in (1, 3, 50, 120):
+    ids, got = ix.search(hindex.pack_codes(q), k=k)
+    np.testing.assert_array_equal(ids, order[:, :k])
+    np.testing.assert_array_equal(got, dist[:, :k])
+
+
+def test_backend_choice():
+  ix = hindex.HammingIndex.from_codes(np.ones((3, 8)))
+  assert ix.backend == "cpu"  # the tests run JAX on CPU
+  with pytest.raises(ValueError, match="backend must be one of"):
+    hindex.HammingIndex.from_codes(np.ones((3, 8)), backend="gpu")
+  with pytest.raises(ValueError, match="num_threads must be"):
+    hindex.HammingIndex.from_codes(np.ones((3, 8)), num_threads=0)
 
 
 def test_same_order_as_metrics_ranking():
