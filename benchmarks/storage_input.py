@@ -11,14 +11,16 @@ under --data_dir), `--train` training items (default 100,000), a database of
 
 Each contender is one fresh process (`--worker`) at ONE thread (XLA's CPU
 client single-threaded, OMP/MKL/OpenBLAS 1), run alternately memory, storage,
-memory, ... over --rounds rounds after one untimed warm-up pair. A worker
+memory, ... over --rounds rounds after one untimed warm-up round
+(--old_tree: also the storage input of another source tree, each round). A worker
 trains one epoch of the small SCBCH model (towers (256,), 32 bits, batch 1024,
 CSCC off in the first epoch) with config.input=memory or storage through
-common.train_loop, no evaluation, and reports run_summary timing "train" (the
-epoch's steps incl. the first step's compilation, which is the same for both
-inputs), "reads" (the seconds the prefetch thread spent producing batches) and
-a pure read pass (every batch of the epoch read in order by train_batches,
-no steps, no prefetch thread: the input pipeline's own cost per item).
+common.train_loop, then one evaluation (1000 queries x the database, encoded
+from the same input), and reports run_summary timing "train" (the epoch's
+steps incl. the first step's compilation, the same for both inputs),
+"evaluation" and a pure read pass before training (every batch of an epoch
+read in order by pipeline.train_batches in the main thread, no steps, no
+prefetch: the input pipeline's own cost per item).
 """
 
 from __future__ import annotations
@@ -87,11 +89,14 @@ def worker(args) -> dict:
 
 def _run(args, mode: str) -> dict:
   workdir = tempfile.mkdtemp(prefix="storage_input_")
+  tree = ROOT
+  if mode.endswith(" (old tree)"):
+    mode, tree = mode.split()[0], args.old_tree
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--input={mode}",
          f"--tfds_dir={args.tfds_dir}", f"--workdir={workdir}"]
   if args.prefetch is not None:
     cmd.append(f"--prefetch={args.prefetch}")
-  out = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=ROOT, **THREAD_ENV),
+  out = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=tree, **THREAD_ENV),
                        capture_output=True, text=True, check=False)
   if out.returncode:
     raise RuntimeError(f"worker failed:\n{out.stderr[-4000:]}")
@@ -109,6 +114,8 @@ def main() -> None:
   parser.add_argument("--prefetch", type=int, default=None,
                       help="config.prefetch for both contenders (default: the "
                       "config's)")
+  parser.add_argument("--old_tree", help="also time storage input with this "
+                      "source tree (e.g. /work/main: the code before a change)")
   parser.add_argument("--no_record", action="store_true")
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--input", help=argparse.SUPPRESS)
@@ -122,8 +129,11 @@ def main() -> None:
   scale.QUERY = 1000
   args.tfds_dir = scale.prepare(args.data_dir, args.train, args.train + 5000)
   load_start = os.getloadavg()
-  _run(args, "memory"), _run(args, "storage")  # warm-up pair (page cache)
   runs = {"memory": [], "storage": []}
+  if args.old_tree:
+    runs["storage (old tree)"] = []
+  for mode in runs:  # warm-up round (page cache)
+    _run(args, mode)
   for _ in range(args.rounds):
     for mode in runs:
       runs[mode].append(_run(args, mode))
@@ -137,28 +147,32 @@ def main() -> None:
     return (fmt.format(statistics.median(values)) + " (" + fmt.format(min(values))
             + "-" + fmt.format(max(values)) + ")")
 
-  ratios = [s["train"] / m["train"] for m, s in zip(runs["memory"], runs["storage"])]
+  ratio = lambda mode: [s["train"] / m["train"] for m, s in zip(runs["memory"],
+                                                                 runs[mode])]
   from benchmarks import bench_util  # pylint: disable=g-import-not-at-top
-  rows = [[mode, cell(mode, "train"), cell(mode, "epoch"),
+  rows = [[mode, cell(mode, "train"), cell(mode, "evaluation"), cell(mode, "epoch"),
            cell(mode, "read_us_per_item", "{:.2f}"), cell(mode, "load")]
           for mode in runs]
   body = bench_util.markdown_table(
-      ["input", "epoch steps s (train)", "train_loop.train s", "read pass us/item",
-       "load s"], rows)
-  notes = (
-      f"storage/memory epoch (train) time, pairwise: median "
-      f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
-      f"{max(ratios):.3f}).\n\n"
+      ["input", "epoch steps s (train)", "evaluation s (105k database + 1k queries)",
+       "train_loop.train s", "read pass us/item", "load s"], rows)
+  notes = "".join(
+      f"{mode}/memory epoch (train) time, pairwise: median "
+      f"{statistics.median(ratio(mode)):.3f} (min {min(ratio(mode)):.3f}, max "
+      f"{max(ratio(mode)):.3f}).\n\n" for mode in runs if mode != "memory") + (
+      f"Old tree: {args.old_tree}.\n\n" if args.old_tree else "") + (
       f"Machine: {bench_util.machine()}; {bench_util.today()}; each contender a "
       f"fresh process at 1 thread, interleaved memory/storage over {args.rounds} "
-      f"rounds (+1 warm-up pair), medians (min-max); load average (1/5/15 min) "
+      f"rounds (+1 warm-up round), medians (min-max); load average (1/5/15 min) "
       f"{'/'.join(f'{x:.1f}' for x in load_start)} at start, "
       f"{'/'.join(f'{x:.1f}' for x in load_end)} at end. {args.train:,} training "
       "items, image 128-d / text 64-d, SCBCH towers (256,), 32 bits, batch 1024, "
-      "one epoch, no evaluation; config.prefetch "
+      "one epoch, then one evaluation (test: 1000 queries x 105,000 database "
+      "items, encoded from the same input); config.prefetch "
       f"{'default' if args.prefetch is None else args.prefetch}. Parameters after "
       "the epoch are identical for both inputs (checked). Command: `python "
-      f"benchmarks/storage_input.py --train={args.train} --rounds={args.rounds}`.")
+      f"benchmarks/storage_input.py --train={args.train} --rounds={args.rounds}"
+      + (f" --old_tree={args.old_tree}" if args.old_tree else "") + "`.")
   print(body + "\n\n" + notes)
   if not args.no_record:
     bench_util.record(SECTION, body + "\n\n" + notes)
