@@ -291,6 +291,28 @@ def signature(args: tuple) -> str:
   return repr(parts)
 
 
+def _leaf_key(leaf) -> tuple:
+  if isinstance(leaf, jax.Array):
+    return ("array", leaf.shape, leaf.dtype, getattr(leaf, "weak_type", None),
+            leaf.sharding, getattr(leaf, "committed", None))
+  if isinstance(leaf, (np.ndarray, np.generic)):
+    return ("numpy", np.shape(leaf), leaf.dtype)
+  return ("python", type(leaf))
+
+
+def _call_key(args: tuple) -> tuple:
+  """A hashable form of `signature` (cheap: every step looks it up)."""
+  leaves, treedef = jax.tree.flatten(args)
+  return treedef, tuple(map(_leaf_key, leaves))
+
+
+def jit(fun: Callable, *, name: str | None = None, **jit_kwargs) -> "CachedJit":
+  """jax.jit(fun, **jit_kwargs), its executables kept in the cache when it is
+  enabled at the first call (keyed on `fun` and `jit_kwargs` too)."""
+  return CachedJit(jax.jit(fun, **jit_kwargs), (fun, sorted(jit_kwargs.items())),
+                   name or getattr(fun, "__name__", "fn"))
+
+
 class CachedJit:
   """`jitted(*args)`, with each compiled program (one per argument signature)
   loaded from / stored to the cache directory current at its first call.
@@ -306,22 +328,33 @@ class CachedJit:
     self.jitted = jitted
     self.program = program
     self.name = name
-    self._programs: dict[str, Callable] = {}
+    self._programs: dict[tuple, Callable] = {}
+    self._last: Callable | None = None
 
   def __call__(self, *args):
-    sig = signature(args)
-    fn = self._programs.get(sig)
+    last = self._last
+    if last is not None:
+      # The executable checks the arguments' structure, types and shardings
+      # before it runs (or donates anything) and raises TypeError/ValueError
+      # on a mismatch: then the signature picks (or makes) another one.
+      try:
+        return last(*args)
+      except (TypeError, ValueError):
+        pass
+    call_key = _call_key(args)
+    fn = self._programs.get(call_key)
     if fn is None:
-      fn = self._programs[sig] = self._load_or_compile(args, sig)
+      fn = self._programs[call_key] = self._load_or_compile(args)
+    self._last = None if fn is self.jitted else fn
     return fn(*args)
 
-  def _load_or_compile(self, args: tuple, sig: str) -> Callable:
+  def _load_or_compile(self, args: tuple) -> Callable:
     root = directory()
     if root is None or jax.process_count() > 1:
       return self.jitted
     try:
-      key = hashlib.sha256(repr((fingerprint(self.program), sig, _environment())
-                                ).encode()).hexdigest()
+      key = hashlib.sha256(repr((fingerprint(self.program), signature(args),
+                                 _environment())).encode()).hexdigest()
     except Unfingerprintable as e:
       _stats["uncacheable"] += 1
       logging.info("executable cache: %s not cached (%s)", self.name, e)

@@ -107,13 +107,14 @@ class _Method:
     return new, {"loss": jnp.sum(new["w"] ** 2)}
 
 
-def _run_steps(method, phases=("a", "a", "b")):
-  driver = parallel.DataParallel(method.step_body)
+def _run_steps(method, phases=("a", "a", "b", "b", "a")):
+  driver = parallel.DataParallel(method.step_body, max_phases=3)
   state = driver.put_state({"w": jnp.ones(3, jnp.float32)})
   rng = np.random.default_rng(0)
   losses = []
-  for phase in phases:
-    batch = driver.put_rows({"x": rng.normal(size=(16, 3)).astype(np.float32)})
+  for i, phase in enumerate(phases):
+    rows = 8 if i == 3 else 16  # a smaller batch: another program of phase b
+    batch = driver.put_rows({"x": rng.normal(size=(rows, 3)).astype(np.float32)})
     state, metrics = driver.step(state, batch, {}, None, phase)
     losses.append(np.asarray(metrics["loss"]))
   return np.asarray(jax.device_get(state["w"])), np.array(losses)
@@ -129,11 +130,11 @@ def test_steps_load_from_the_cache_bit_identically_and_never_stale(cache_dir):
                                          ("data", _method(weights=(1.0, 2.0, 3.5))))}
   exec_cache.enable(str(cache_dir))
   before = exec_cache.stats()
-  got = _run_steps(_method())                   # compiles and stores (2 phases)
-  assert len(_entries(cache_dir)) == 2
-  assert exec_cache.stats()["misses"] - before["misses"] == 2
-  again = _run_steps(_method())                 # a new driver: loads both
-  assert exec_cache.stats()["hits"] - before["hits"] == 2
+  got = _run_steps(_method())                   # compiles and stores 3 programs
+  assert len(_entries(cache_dir)) == 3
+  assert exec_cache.stats()["misses"] - before["misses"] == 3
+  again = _run_steps(_method())                 # a new driver: loads them
+  assert exec_cache.stats()["hits"] - before["hits"] == 3
   for run in (got, again):
     for a, b in zip(run, want["base"]):
       np.testing.assert_array_equal(a, b)
@@ -143,7 +144,7 @@ def test_steps_load_from_the_cache_bit_identically_and_never_stale(cache_dir):
     assert exec_cache.stats()["hits"] == hits, key
     for a, b in zip(run, want[key]):
       np.testing.assert_array_equal(a, b)
-  assert len(_entries(cache_dir)) == 6
+  assert len(_entries(cache_dir)) == 9
   assert not [n for n in _entries(cache_dir) if n.startswith(".tmp")]
 
 
