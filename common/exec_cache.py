@@ -10,8 +10,9 @@ program depends on, and a later process with the same key loads it
 
 The key (SHA-256) covers:
   - the traced Python callable and every value it reaches: functions by
-    bytecode, constants, defaults and closure cells; bound methods with their
-    object's attributes (the config, data-derived constants such as label
+    bytecode, constants, defaults and closure cells (and, for code outside
+    this project and the installed libraries, its module's source file);
+    bound methods with their object's attributes (the config, data-derived constants such as label
     arrays or an estimated noise ratio); arrays by dtype, shape and bytes
     (`fingerprint`);
   - the arguments' pytree structure and abstract values (shape, dtype, weak
@@ -143,8 +144,9 @@ def _describe(obj: Any, h, memo: _Memo) -> None:
     put("type", obj.__module__, obj.__qualname__)
     return
   if isinstance(obj, types.ModuleType):
-    # Project modules' code is in the source hash; libraries' in their versions.
-    put("module", obj.__name__)
+    # Project modules' code is in the source hash, libraries' in their
+    # versions; any other module's (e.g. your own helpers) by its file.
+    put("module", obj.__name__, _outside_source(obj.__name__))
     return
   if isinstance(obj, types.MethodType):
     put("method")
@@ -152,7 +154,7 @@ def _describe(obj: Any, h, memo: _Memo) -> None:
     _describe(obj.__self__, h, memo)
     return
   if isinstance(obj, types.FunctionType):
-    put("function", obj.__module__, obj.__qualname__)
+    put("function", obj.__module__, obj.__qualname__, _outside_source(obj.__module__))
     _describe(obj.__code__, h, memo)
     _describe(obj.__defaults__, h, memo)
     _describe(obj.__kwdefaults__, h, memo)
@@ -232,6 +234,27 @@ def _filled(cell) -> bool:
 def _is_flax_module(obj) -> bool:
   module = sys.modules.get("flax.linen")
   return module is not None and isinstance(obj, module.Module)
+
+
+@functools.lru_cache(maxsize=None)
+def _outside_source(module_name: str | None) -> str | None:
+  """SHA-256 of a module's source file when it is neither one of this
+  project's packages nor an installed library (those are keyed by the source
+  digest and the versions), else None."""
+  module = sys.modules.get(module_name or "")
+  path = getattr(module, "__file__", None)
+  if not path or module_name.split(".")[0] in _PACKAGES or module_name.split(".")[0] in (
+      _LIBRARIES):
+    return None
+  path = os.path.abspath(path)
+  if "site-packages" in path or "dist-packages" in path or path.startswith(
+      os.path.abspath(sys.base_prefix)):
+    return None
+  try:
+    with open(path, "rb") as f:
+      return hashlib.sha256(f.read()).hexdigest()
+  except OSError:
+    return None
 
 
 @functools.lru_cache(maxsize=1)
