@@ -207,3 +207,31 @@ def test_array_record_files_map_rows_like_array_record(tmp_path):
   assert ours.__getitems__(np.array([], np.int64)) == []
   with pytest.raises(IndexError, match="outside"):
     ours.__getitems__(np.array([37]))
+
+
+def test_stored_columns_over_prepared_data_equal_the_loaded_arrays(tmp_path):
+  """The batch decoder behind config.input='storage', on a prepared dataset:
+  any rows (repeated, unsorted, negative, none) equal the arrays that were
+  written (and so does the in-memory load)."""
+  from common.data import synthetic  # pylint: disable=g-import-not-at-top
+  tfds_builder.build_tfds("synthetic_tiny", str(tmp_path))
+  written = synthetic.make_synthetic("tiny", seed=0)  # what the builder writes
+  loaded, _ = tfds_builder.load_tfds_dataset("synthetic_tiny", str(tmp_path))
+  stored, _ = tfds_builder.load_tfds_stored("synthetic_tiny", str(tmp_path))
+  for part in ("train", "query", "database"):
+    for name in ("image", "text", "labels", "index"):
+      _assert_bits_equal(getattr(getattr(loaded, part), name),
+                         np.asarray(getattr(getattr(written, part), name)))
+  memory = written
+  rng = np.random.default_rng(0)
+  for part in ("train", "query", "database"):
+    want, got = getattr(memory, part), getattr(stored, part)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.index, want.index)
+    n = len(want.labels)
+    for rows in (rng.integers(0, n, 40), np.array([n - 1, 0, n - 1, -1]),
+                 np.array([], np.int64), np.arange(n)):
+      for name in ("image", "text"):
+        column = getattr(got, name)[rows]
+        assert column.dtype == np.float32
+        _assert_bits_equal(column, getattr(want, name)[rows])

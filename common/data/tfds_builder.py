@@ -2,7 +2,8 @@
 
 TFDS 4.9 builds and reads without TensorFlow when the features are plain
 tensors (encoded with numpy) and the file format is array_record; reading
-goes through `tfds.data_source` (random access, no tf.data). One config per
+goes through array_record's readers over each split's files (random access,
+no tf.data), a batch of records decoded in one vectorised step (`_Records`). One config per
 benchmark (files from the manual dir, read with `read_benchmark`), one per
 synthetic preset (`synthetic_<preset>`, seed 0), and `folder` for your own
 data (`read_dataset`; one folder per TFDS data dir: the build records its
@@ -644,7 +645,7 @@ def load_tfds_dataset(config_name: str, data_dir: str
   """(Splits, the user's own noisy training labels or None) of a prepared
   `noisy_hashing/<config_name>`.
 
-  Uses `tfds.data_source` (array_record random access; TensorFlow is never
+  Reads the array_record files directly (random access; TensorFlow is never
   imported).
 
   Raises:
