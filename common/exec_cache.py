@@ -274,6 +274,7 @@ def _source_digest() -> str:
   return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> tuple:
   out = []
   for name in _LIBRARIES:
