@@ -123,7 +123,9 @@ def _describe(obj: Any, h, memo: _Memo) -> None:
     h.update(arr.tobytes() if arr.dtype != object else repr(arr.tolist()).encode())
     return
   if isinstance(obj, jax.Array):
-    put("jax.Array", str(obj.sharding))
+    put("jax.Array", str(obj.dtype), str(obj.sharding))
+    if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
+      obj = jax.random.key_data(obj)  # typed PRNG keys: their bits
     _describe(np.asarray(obj), h, memo)
     return
   if isinstance(obj, (list, tuple)):
@@ -382,6 +384,11 @@ class CachedJit:
     except Unfingerprintable as e:
       _stats["uncacheable"] += 1
       logging.info("executable cache: %s not cached (%s)", self.name, e)
+      return self.jitted
+    except Exception as e:  # pylint: disable=broad-except
+      _stats["uncacheable"] += 1  # a value whose description failed: traced as usual
+      logging.warning("executable cache: %s not cached (%s: %s)", self.name,
+                      type(e).__name__, e)
       return self.jitted
     from jax.experimental import serialize_executable  # pylint: disable=g-import-not-at-top
     path = os.path.join(root, SUBDIR, f"{self.name}-{key[:40]}.pkl")

@@ -51,6 +51,11 @@ def test_fingerprint_follows_values_not_identities():
   prints = {exec_cache.fingerprint(v) for v in changed}
   assert base not in prints and len(prints) == len(changed)
   assert exec_cache.fingerprint(0.0) != exec_cache.fingerprint(-0.0)
+  keys = [jax.random.key(0), jax.random.key(0), jax.random.key(1), jax.random.PRNGKey(0)]
+  assert len({exec_cache.fingerprint(k) for k in keys}) == 3
+  assert exec_cache.fingerprint(keys[0]) == exec_cache.fingerprint(keys[1])
+  assert (exec_cache.fingerprint(jnp.arange(3.0))
+          != exec_cache.fingerprint(jnp.arange(3.0, dtype=jnp.bfloat16)))
   assert exec_cache.fingerprint(1) != exec_cache.fingerprint(True)
 
 
