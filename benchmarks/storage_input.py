@@ -21,7 +21,9 @@ from the same input), and reports run_summary timing "train" minus "compile"
 (with the first step and its compilation, the same for both inputs),
 "evaluation" and a pure read pass before training (every batch of an epoch
 read in order by pipeline.train_batches in the main thread, no steps, no
-prefetch: the input pipeline's own cost per item).
+prefetch: the input pipeline's own cost per item, wall and thread CPU), and
+the process CPU seconds (user + system, all threads) of train_loop.train.
+On a shared machine the CPU columns are the ones that hold still.
 """
 
 from __future__ import annotations
@@ -67,25 +69,29 @@ def worker(args) -> dict:
   method = scbch_train.build(config, data)
   train = data.train_arrays()
   # The pure read pass: every batch of one epoch, in order, in this thread.
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.thread_time()
   items = 0
   for batch in pipeline.train_batches(train, global_batch_size=config.batch_size,
                                       seed=config.seed, epoch=1):
     items += len(batch["index"])
   read = time.perf_counter() - start
-  start = time.perf_counter()
+  read_cpu = time.thread_time() - start_cpu
+  start, before = time.perf_counter(), os.times()
   evaluator = RetrievalEvaluator({"test": (data.splits.query, data.splits.database)},
                                  empty_queries=method.empty_queries)
   result = train_loop.train(method, train, config, args.workdir, evaluator=evaluator,
                             log=lambda _: None)
   epoch = time.perf_counter() - start
+  after = os.times()
   params = np.concatenate([np.ravel(np.asarray(x)) for x in
                            __import__("jax").tree.leaves(result.state.params)])
   timing = result.timing
   return dict(input=args.input, load=load, epoch=epoch, train=timing["train"],
               steps=timing["train"] - timing.get("compile", 0.0),
               evaluation=timing.get("evaluation", 0) + timing.get("final", 0),
+              epoch_cpu=after.user - before.user + after.system - before.system,
               read=read, read_items=items, read_us_per_item=1e6 * read / items,
+              read_cpu_us_per_item=1e6 * read_cpu / items,
               param_checksum=float(np.sum(params.astype(np.float64))))
 
 
@@ -153,13 +159,15 @@ def main() -> None:
                                                                  runs[mode])]
   from benchmarks import bench_util  # pylint: disable=g-import-not-at-top
   rows = [[mode, cell(mode, "steps"), cell(mode, "train"), cell(mode, "evaluation"),
-           cell(mode, "epoch"),
-           cell(mode, "read_us_per_item", "{:.2f}"), cell(mode, "load")]
+           cell(mode, "epoch"), cell(mode, "epoch_cpu"),
+           cell(mode, "read_us_per_item", "{:.2f}"),
+           cell(mode, "read_cpu_us_per_item", "{:.2f}"), cell(mode, "load")]
           for mode in runs]
   body = bench_util.markdown_table(
       ["input", "epoch s (steps after the first)", "epoch s incl. first step + compile",
        "evaluation s (105k database + 1k queries)",
-       "train_loop.train s", "read pass us/item", "load s"], rows)
+       "train_loop.train s", "train_loop.train CPU s (all threads)",
+       "read pass us/item", "read pass CPU us/item", "load s"], rows)
   notes = "".join(
       f"{mode}/memory epoch time (steps after the first), pairwise: median "
       f"{statistics.median(ratio(mode)):.3f} (min {min(ratio(mode)):.3f}, max "
