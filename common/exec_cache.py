@@ -24,7 +24,9 @@ The key (SHA-256) covers:
 Anything the fingerprint cannot describe (an object whose only description
 is its address) disables the cache for that program, logged once at INFO.
 Only single-process runs use it (a multi-process executable is bound to the
-other processes' devices).
+other processes' devices); common.parallel uses it for the shard_map
+driver's step programs (not pmap's). Entries are pickles (like XLA's own
+cache entries, read only from your own cache directory).
 
 Entries are written atomically (a unique temporary file renamed into place),
 so concurrent processes never read a partial file; an unreadable entry is
