@@ -212,3 +212,41 @@ def test_whole_runs_with_and_without_the_cache_are_identical(tmp_path, cache_dir
     for k in want:
       np.testing.assert_array_equal(got[k], want[k])
   assert off[0.01]["fused"]["map"] != off[0.02]["fused"]["map"]
+
+
+def test_concurrent_writers_never_expose_a_partial_entry(tmp_path):
+  """Entries are written to a temporary file and renamed: a reader sees one
+  writer's whole entry or none, never a mix (processes sharing a cache)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / exec_cache.SUBDIR / "entry.pkl")
+  payloads = [bytes([i]) * 200_000 for i in (1, 2)]
+  stop = threading.Event()
+  seen, errors = set(), []
+
+  def write(data):
+    while not stop.is_set():
+      exec_cache._write_atomic(path, data)  # pylint: disable=protected-access
+
+  def read():
+    while not stop.is_set():
+      try:
+        with open(path, "rb") as f:
+          data = f.read()
+      except FileNotFoundError:
+        continue
+      if data not in payloads:
+        errors.append(len(data))
+      seen.add(data[:1])
+
+  threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+  threads.append(threading.Thread(target=read))
+  for t in threads:
+    t.start()
+  import time  # pylint: disable=g-import-not-at-top
+  time.sleep(1.0)
+  stop.set()
+  for t in threads:
+    t.join()
+  assert not errors
+  assert seen
+  assert os.listdir(os.path.dirname(path)) == ["entry.pkl"]  # no temporary files left
