@@ -38,7 +38,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+# A worker of --old_tree runs that tree's code (its PYTHONPATH), not this one's.
+sys.path.insert(0, os.environ.get("NHJ_SOURCE_TREE", ROOT))
 
 SECTION = "Storage input vs memory input, one thread (benchmarks/storage_input.py)"
 THREAD_ENV = dict(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
@@ -104,7 +105,8 @@ def _run(args, mode: str) -> dict:
          f"--tfds_dir={args.tfds_dir}", f"--workdir={workdir}"]
   if args.prefetch is not None:
     cmd.append(f"--prefetch={args.prefetch}")
-  out = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=tree, **THREAD_ENV),
+  out = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=tree, NHJ_SOURCE_TREE=tree,
+                                     **THREAD_ENV),
                        capture_output=True, text=True, check=False)
   if out.returncode:
     raise RuntimeError(f"worker failed:\n{out.stderr[-4000:]}")
