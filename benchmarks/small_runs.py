@@ -2,10 +2,17 @@ r"""Small whole runs, end to end, against the releases' wall time (issue 13, ite
 
   python benchmarks/small_runs.py              # both methods, table + RESULTS.md
   python benchmarks/small_runs.py --methods=dcgmh --no_record
+  python benchmarks/small_runs.py --methods=dcgmh --repeats=5 --old_tree=/work/main
+
+--threads (default 1) limits XLA's CPU client and BLAS/OpenMP per run;
+--old_tree runs another source tree's code too (PYTHONPATH), interleaved
+old, new, old, new, ..., each with its own caches.
 
 Each run is `common.experiment.run` in a fresh workdir and a fresh Python
 process (as a launcher runs it), after one untimed warm-up process of the same
-config that fills a persistent compilation cache ("warm compilation cache").
+config that fills a persistent compilation cache ("warm compilation cache")
+and, where the tree has one, the executable cache (common.exec_cache: the
+step programs loaded instead of traced).
 A fresh process matters: common.parallel names each DataParallel's step
 program after a per-process driver counter, so a second run in the SAME
 process misses the persistent cache for its step programs.
@@ -48,7 +55,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+# A child of --old_tree runs that tree's code (its PYTHONPATH), not this one's.
+sys.path.insert(0, os.environ.get("NHJ_SOURCE_TREE", ROOT))
 
 RELEASE_SECONDS = {"dcgmh": 7.5, "scbch": 19.5}
 DATA = dict(dataset="synthetic:demo", train_size=2000, query_size=1000)
@@ -92,19 +100,41 @@ def child(method: str, workdir: str, cache_dir: str, out: str) -> None:
                    maps=summary["maps"]), f)
 
 
-def one_run(method: str, tmp: str, name: str) -> dict:
-  """A fresh subprocess running `child`; wall = launch to exit."""
+def thread_env(threads: int | None) -> dict[str, str]:
+  """Environment limiting XLA's CPU client and BLAS/OpenMP to `threads`."""
+  if not threads:
+    return {}
+  t = str(threads)
+  env = dict(OMP_NUM_THREADS=t, MKL_NUM_THREADS=t, OPENBLAS_NUM_THREADS=t)
+  if threads == 1:
+    env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                        + " --xla_cpu_multi_thread_eigen=false").strip()
+  return env
+
+
+def one_run(method: str, tmp: str, name: str, *, tree: str = ROOT,
+            threads: int | None = None) -> dict:
+  """A fresh subprocess running `child` on the code of `tree`; wall = launch
+  to exit, cpu = the child's user + system seconds."""
   workdir, out = os.path.join(tmp, name), os.path.join(tmp, f"{name}.json")
+  cache = os.path.join(tmp, "compilation_cache" if tree == ROOT else
+                       "compilation_cache_old")
+  before = os.times()
   start = time.perf_counter()
   subprocess.run([sys.executable, os.path.abspath(__file__), "--child", method,
-                  workdir, os.path.join(tmp, "compilation_cache"), out], check=True,
+                  workdir, cache, out], check=True,
                  env=dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS",
-                                                                   "cpu")))
+                                                                   "cpu"),
+                          PYTHONPATH=tree, NHJ_SOURCE_TREE=tree,
+                          **thread_env(threads)))
   wall = time.perf_counter() - start
+  after = os.times()
   with open(out, encoding="utf-8") as f:
     result = json.load(f)
   result["start+exit"] = wall - result["run"] - result["imports"]
-  return dict(result, wall=wall, load=os.getloadavg()[0])
+  cpu = (after.children_user - before.children_user
+         + after.children_system - before.children_system)
+  return dict(result, wall=wall, cpu=cpu, load=os.getloadavg()[0])
 
 
 def main() -> None:
@@ -113,6 +143,11 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--no_record", action="store_true")
   parser.add_argument("--label", default="after", help="row label in the table")
+  parser.add_argument("--threads", type=int, default=1,
+                      help="XLA/BLAS threads per run (0: the libraries' default)")
+  parser.add_argument("--old_tree", help="also run this source tree (e.g. "
+                      "/work/main), interleaved old, new, old, ... (its rows "
+                      "labelled 'before')")
   parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -120,32 +155,54 @@ def main() -> None:
     return
 
   from benchmarks import bench_util  # pylint: disable=g-import-not-at-top
+  import statistics  # pylint: disable=g-import-not-at-top
+  trees = ([("before", args.old_tree)] if args.old_tree else []) + [(args.label, ROOT)]
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     for method in args.methods.split(","):
-      one_run(method, tmp, f"{method}_warmup")  # fills the compilation cache
+      for version, tree in trees:  # fills each tree's compilation caches
+        one_run(method, tmp, f"{method}_{version}_warmup", tree=tree,
+                threads=args.threads)
       load = [os.getloadavg()[0]]
-      runs = [one_run(method, tmp, f"{method}_{i}") for i in range(args.repeats)]
-      load += [r["load"] for r in runs]
-      best = min(runs, key=lambda r: r["wall"])
-      label = (f"{args.label} ({time.strftime('%H:%M')}, load "
-               f"{min(load):.1f}-{max(load):.1f})")
-      print(f"{method}: " + ", ".join(f"{k} {best.get(k, 0.0):.2f}s" for k in KEYS)
-            + f"; run {best['run']:.2f}s, wall {best['wall']:.2f}s "
-            f"(release {RELEASE_SECONDS[method]} s); maps {best['maps']}; "
-            f"walls {[round(r['wall'], 2) for r in runs]}, load {load}", flush=True)
-      rows.append([method, label] + [f"{best.get(k, 0.0):.2f}" for k in KEYS]
-                  + [f"{best['run']:.2f}", f"{best['wall']:.2f}",
-                     RELEASE_SECONDS[method]])
+      runs = {version: [] for version, _ in trees}
+      for i in range(args.repeats):
+        for version, tree in trees:
+          runs[version].append(one_run(method, tmp, f"{method}_{version}_{i}",
+                                       tree=tree, threads=args.threads))
+      load += [r["load"] for rs in runs.values() for r in rs]
+      for version, _ in trees:
+        walls = sorted(r["wall"] for r in runs[version])
+        median = sorted(runs[version], key=lambda r: r["wall"])[len(walls) // 2]
+        cpus = [r["cpu"] for r in runs[version]]
+        label = (f"{version} ({time.strftime('%H:%M')}, load "
+                 f"{min(load):.1f}-{max(load):.1f})")
+        print(f"{method} {version}: " + ", ".join(
+            f"{k} {median.get(k, 0.0):.2f}s" for k in KEYS)
+              + f"; run {median['run']:.2f}s, wall {median['wall']:.2f}s "
+              f"(release {RELEASE_SECONDS[method]} s); maps {median['maps']}; "
+              f"walls {[round(w, 2) for w in walls]}, cpu "
+              f"{[round(c, 2) for c in cpus]}, load {load}", flush=True)
+        rows.append([method, label] + [f"{median.get(k, 0.0):.2f}" for k in KEYS]
+                    + [f"{median['run']:.2f}",
+                       f"{statistics.median(walls):.2f} ({walls[0]:.2f}-{walls[-1]:.2f})",
+                       f"{statistics.median(cpus):.2f}", RELEASE_SECONDS[method]])
   table = bench_util.markdown_table(
-      ["method", "version"] + list(KEYS) + ["run() s", "wall s", "release s"], rows)
+      ["method", "version"] + list(KEYS) + ["run() s", "wall s median (min-max)",
+                                             "cpu s", "release s"], rows)
   print(table)
   if not args.no_record:
     bench_util.record(
         f"Small runs table, {args.label} (benchmarks/small_runs.py)",
-        f"`python benchmarks/small_runs.py` on {bench_util.machine()}, "
-        f"{bench_util.today()} (best of {args.repeats}, each a fresh process after "
-        "one warm-up process that fills the persistent compilation cache).\n\n"
+        f"`python benchmarks/small_runs.py --repeats={args.repeats} "
+        f"--threads={args.threads}"
+        + (f" --old_tree={args.old_tree}" if args.old_tree else "") + "` on "
+        f"{bench_util.machine()}, {bench_util.today()}: {args.threads or 'default'} "
+        f"thread(s) per run, {args.repeats} runs per version"
+        + (", old and new interleaved" if args.old_tree else "") + ", each a fresh "
+        "process after one warm-up process per version that fills its persistent "
+        "compilation cache (and, in trees that have it, the executable cache); "
+        "breakdown columns from the run with the median wall time; cpu = the "
+        "child's user + system seconds (median).\n\n"
         + table)
 
 

@@ -7,8 +7,12 @@ For nhj-scbch and nhj-dcgmh on a tiny synthetic run (one epoch, small widths)
 the launcher runs as a fresh subprocess, each time in a fresh workdir:
 
   cold: a new, empty persistent compilation cache directory;
-  warm: the same directory again (the programs the cold run wrote);
+  warm: the same directory again (the programs the cold run wrote, and the
+        step executables: common.exec_cache);
+  warm, no executables: the same with --noexecutable_cache (XLA's cache only);
   off:  --compilation_cache_dir= (no persistent cache).
+
+--threads (default 1) limits XLA's CPU client and BLAS/OpenMP per run.
 
 Measured per run:
   wall s            the subprocess, launch to exit (interpreter and imports,
@@ -93,20 +97,27 @@ def child(method: str, stats_path: str, launcher_args: list[str]) -> None:
   try:
     runpy.run_module(f"launch.{method}", run_name="__main__", alter_sys=True)
   finally:
+    from common import exec_cache  # pylint: disable=g-import-not-at-top
+    cached = exec_cache.stats()
+    stats["executables_loaded"] = cached["hits"]
+    stats["executables_stored"] = cached["misses"]
     with open(stats_path, "w", encoding="utf-8") as f:
       json.dump(stats, f)
 
 
 # --- parent ---------------------------------------------------------------------------
 
-def run_once(method: str, cache_dir: str, tmp: str, label: str) -> dict:
-  workdir = os.path.join(tmp, f"{method}-{label}-workdir")
-  stats_path = os.path.join(tmp, f"{method}-{label}-stats.json")
+def run_once(method: str, cache_dir: str, tmp: str, label: str,
+             extra: tuple[str, ...] = (), threads: int = 1) -> dict:
+  workdir = os.path.join(tmp, f"{method}-{label.replace(' ', '_')}-workdir")
+  stats_path = os.path.join(tmp, f"{method}-{label.replace(' ', '_')}-stats.json")
   args = COMMON_FLAGS + METHOD_FLAGS[method] + [
-      f"--workdir={workdir}", f"--compilation_cache_dir={cache_dir}"]
+      f"--workdir={workdir}", f"--compilation_cache_dir={cache_dir}", *extra]
   cmd = [sys.executable, os.path.abspath(__file__), "--child", method,
          "--stats", stats_path, "--", *args]
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  from benchmarks import small_runs  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+             **small_runs.thread_env(threads))
   start = time.time()
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                         check=False)
@@ -129,6 +140,8 @@ def main():
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--methods", default="scbch,dcgmh")
   parser.add_argument("--no_record", action="store_true")
+  parser.add_argument("--threads", type=int, default=1,
+                      help="XLA/BLAS threads per run (0: the libraries' default)")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   parser.add_argument("--stats", help=argparse.SUPPRESS)
   args, rest = parser.parse_known_args()
@@ -143,29 +156,38 @@ def main():
     for method in args.methods.split(","):
       cache = os.path.join(tmp, f"{method}-cache")
       os.makedirs(cache)
-      for label, cache_dir in (("cold", cache), ("warm", cache), ("off", "")):
-        r = run_once(method, cache_dir, tmp, label)
+      for label, cache_dir, extra in (
+          ("cold", cache, ()), ("warm", cache, ()),
+          ("warm, no executables", cache, ("--noexecutable_cache",)),
+          ("off", "", ())):
+        r = run_once(method, cache_dir, tmp, label, extra, args.threads)
         results.append(r)
         compiled = r["programs"] - r["cache_hits"]
         rows.append([f"nhj-{method}", label, f"{r['wall']:.1f}",
                      f"{r['first_loop']:.2f}", f"{r['first_proc']:.1f}",
                      r["programs"], compiled, r["cache_hits"],
-                     f"{r['compile_s']:.1f}"])
+                     f"{r['compile_s']:.1f}",
+                     f"{r['executables_loaded']} / {r['executables_stored']}"])
         print(rows[-1], flush=True)
   load_after = os.getloadavg()
   table = bench_util.markdown_table(
       ["method", "cache", "wall s", "first step s (loop)", "first step s (process)",
-       "XLA programs", "compiled", "from cache", "compile/retrieve s"], rows)
+       "XLA programs", "compiled", "from cache", "compile/retrieve s",
+       "step executables loaded / stored"], rows)
   body = (
       f"Machine: {bench_util.machine()} (nproc {os.cpu_count()}); date "
-      f"{bench_util.today()}; load average (1/5/15 min) before "
+      f"{bench_util.today()}; {args.threads or 'default'} XLA/BLAS thread(s) per "
+      "run; load average (1/5/15 min) before "
       f"{' / '.join(f'{x:.1f}' for x in load_before)}, after "
       f"{' / '.join(f'{x:.1f}' for x in load_after)} (other jobs share the cores).\n"
       f"Each row: one launcher process (`python -m launch.<method> "
       f"{' '.join(COMMON_FLAGS)}` + small widths: scbch "
       f"`{' '.join(METHOD_FLAGS['scbch'])}`, dcgmh `{' '.join(METHOD_FLAGS['dcgmh'])}`) "
       "in a fresh workdir. cold = new empty --compilation_cache_dir, warm = the "
-      "same dir again, off = `--compilation_cache_dir=`. first step (loop) = "
+      "same dir again (step programs loaded from its executables/: "
+      "common.exec_cache), warm, no executables = the same with "
+      "`--noexecutable_cache` (XLA's cache only: the steps are traced and "
+      "lowered), off = `--compilation_cache_dir=`. first step (loop) = "
       "run_summary.json first_step_seconds (training-loop start to first finished "
       "step); first step (process) = subprocess launch to first finished step. "
       "XLA programs = jax.monitoring backend_compile events in the process "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Callable, ClassVar, Hashable, Mapping
 
 import chex
@@ -35,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from common import exec_cache
 
 AXIS = "data"
 PARALLEL_MODES = ("shard_map", "pmap")
@@ -244,6 +247,11 @@ class DataParallel:
                               in_specs=(P(), P(AXIS), P(AXIS), P()),
                               out_specs=(P(), P()))
       fn = jax.jit(sharded, donate_argnums=(0,) if self.donate else ())
+      if exec_cache.directory() is not None and jax.process_count() == 1:
+        # Loaded from disk in a later process: no tracing (common.exec_cache).
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self._traced_body.__name__}-{phase}")
+        fn = exec_cache.CachedJit(fn, (self.body, phase, self.donate, self.mesh,
+                                       self.mode), name)
       self._compiled[phase] = fn
     if jax.process_count() > 1 and not placed:
       context = jax.tree.map(lambda v: put_replicated(v, self._replicated), context)

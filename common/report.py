@@ -43,7 +43,7 @@ from common import workdir as workdir_lib
 AGGREGATED = ("seed", "noise_seed")
 NOT_GROUPING = AGGREGATED + ("progress", "log_every", "keep", "parallel",
                              "checkpoint_every", "eval_batch_size", "data_dir",
-                             "tfds_dir")
+                             "tfds_dir", "prefetch")
 # Keys of every group (the table's axes), in this order; other differing keys follow.
 AXES = ("method", "dataset", "variant", "noise_protocol", "noise_rate", "bits")
 DIRECTION_NAMES = {"i2t": "I→T", "t2i": "T→I", "fused": "fused"}

@@ -33,7 +33,7 @@ CONFIG_FILE = "config.json"
 # Keys that change how a run is driven, not what it computes: a resumed run
 # may change them (e.g. more epochs, a different driver).
 MAY_DIFFER_ON_RESUME = ("epochs", "eval_every", "checkpoint_every", "keep",
-                        "log_every", "progress", "parallel")
+                        "log_every", "progress", "parallel", "prefetch")
 
 
 # What config.json and each checkpoint's record say about their own format:

@@ -61,7 +61,8 @@ _NOT_IN_NAME = ("method", "variant", "progress")
 _FIRST = ("dataset", "noise_protocol", "noise_rate", "bits")
 _LAST = ("data_seed", "noise_seed", "seed")
 # Keys that do not change what a finished run computed (skip it anyway).
-_DRIVING = ("progress", "parallel", "log_every", "keep", "checkpoint_every")
+_DRIVING = ("progress", "parallel", "log_every", "keep", "checkpoint_every",
+            "prefetch")
 MAX_NAME = 120
 
 NEW, RESUME, FINISHED = "new", "resume", "finished"

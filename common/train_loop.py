@@ -210,7 +210,7 @@ def check_loop_config(config: ml_collections.ConfigDict) -> None:
   """The loop's keys, before any compute (errors name config.<key>)."""
   for key, minimum in (("epochs", 1), ("batch_size", 1), ("log_every", 1),
                        ("checkpoint_every", 0), ("eval_every", 0), ("keep", 1),
-                       ("eval_batch_size", 1), ("seed", 0)):
+                       ("eval_batch_size", 1), ("seed", 0), ("prefetch", 0)):
     value = config[key]
     check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
           key, value, f"must be an integer >= {minimum}")
@@ -407,7 +407,8 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
       batches = pipeline.prefetch(pipeline.train_batches(
           train_arrays, global_batch_size=config.batch_size, seed=config.seed,
           epoch=epoch, start_step=first_step, process_index=jax.process_index(),
-          process_count=jax.process_count(), keep_partial=plan.keep_partial))
+          process_count=jax.process_count(), keep_partial=plan.keep_partial),
+          size=config.prefetch)
       epoch_start = time.time()
       train_start = time.perf_counter()
       for step_in_epoch, batch in enumerate(batches, start=first_step):

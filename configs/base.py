@@ -100,6 +100,9 @@ def base_config(method: str, dataset: str, *, noise_protocol: str,
   # memory: features loaded into host memory; storage: tfds: features read by
   # row from the array_record files (a process reads only the rows it uses).
   c.input = "memory"
+  # Training batches read ahead in a background thread (any input; storage
+  # reads then overlap the steps); 0: read in the training loop's thread.
+  c.prefetch = 2
   c.query_size = config_dict.placeholder(int)  # default: the dataset's split
   c.train_size = config_dict.placeholder(int)
   c.data_seed = 0                              # synthetic generator

@@ -62,6 +62,10 @@ def define_flags(method: str) -> None:
                        "step (default: best when selecting, else latest).")
   flags.DEFINE_string("compilation_cache_dir", DEFAULT_CACHE,
                       "JAX's persistent compilation cache ('' turns it off).")
+  flags.DEFINE_bool("executable_cache", True, "Also keep the compiled training "
+                    "steps under --compilation_cache_dir/executables: a later run "
+                    "with the same config, data and code loads them instead of "
+                    "tracing (--noexecutable_cache: off).")
   define_multihost_flags()
 
 
@@ -99,8 +103,12 @@ def init_distributed() -> None:
         "--process_id)") from None
 
 
-def enable_compilation_cache(path: str | None) -> None:
-  """Compiled programs are reused across runs (a warm start skips most compiles)."""
+def enable_compilation_cache(path: str | None, executables: bool = True) -> None:
+  """Compiled programs are reused across runs (a warm start skips most compiles);
+  with `executables`, the step programs' executables too, under
+  <path>/executables (a warm start skips their tracing: common.exec_cache)."""
+  from common import exec_cache  # pylint: disable=g-import-not-at-top
+  exec_cache.enable(os.path.expanduser(path) if path and executables else None)
   if not path:
     return
   jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
@@ -119,7 +127,7 @@ def start(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_library_logs()
-  enable_compilation_cache(FLAGS.compilation_cache_dir)
+  enable_compilation_cache(FLAGS.compilation_cache_dir, FLAGS.executable_cache)
   init_distributed()
 
 

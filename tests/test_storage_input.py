@@ -139,8 +139,20 @@ def test_prefetch_keeps_order_raises_and_stops_early():
   time.sleep(0.3)
   assert threading.active_count() == before
   assert len(produced) <= 5 + 3 + 2
-  with pytest.raises(ValueError, match="size=0"):
-    next(pipeline.prefetch(iter([1]), size=0))
+  with pytest.raises(ValueError, match="size=-1"):
+    next(pipeline.prefetch(iter([1]), size=-1))
+
+
+def test_prefetch_zero_reads_in_the_consumer_thread():
+  threads = []
+  def batches():
+    for i in range(4):
+      threads.append(threading.current_thread())
+      yield i
+  assert list(pipeline.prefetch(batches(), size=0)) == list(range(4))
+  assert threads == [threading.current_thread()] * 4
+  assert list(pipeline.prefetch(batches(), size=1)) == list(range(4))
+  assert threads[4:] and threading.current_thread() not in threads[4:]
 
 
 # ------------------------------------------------------------- whole runs
@@ -179,6 +191,10 @@ def test_storage_input_trains_exactly_as_memory_input(tmp_path, tfds_dir, method
   runs = {}
   for mode, dataset in (("memory", "synthetic:tiny"), ("storage", "tfds:synthetic_tiny")):
     config = _tiny(method, dataset=dataset, tfds_dir=tfds_dir, input=mode, **overrides)
+    if mode == "storage" and method == "scbch":
+      config.prefetch = 0  # read in the loop's thread: the same batches
+    if mode == "storage" and method == "dcgmh":
+      config.prefetch = 5
     runs[mode] = experiment.run(config, str(tmp_path / mode), log=lambda _: None)
   directions = [k for k, v in runs["memory"].items() if isinstance(v, dict) and "map" in v]
   assert directions
@@ -203,6 +219,20 @@ def test_storage_input_needs_a_prepared_dataset(tmp_path):
   with pytest.raises(ConfigError, match=r"config.input=.*tfds:<name>"):
     experiment.run(config, str(tmp_path / "w"), log=lambda _: None)
   assert not (tmp_path / "w" / "config.json").exists()
+  config = _tiny("scbch", prefetch=-1)
+  with pytest.raises(ConfigError, match=r"config.prefetch=-1: must be an integer >= 0"):
+    experiment.run(config, str(tmp_path / "w"), log=lambda _: None)
   config = _tiny("scbch", input="disk")
   with pytest.raises(ConfigError, match=r"config.input='disk'.*memory"):
     experiment.run(config, str(tmp_path / "w"), log=lambda _: None)
+
+
+def test_prefetch_may_change_on_resume():
+  from common import run_config  # pylint: disable=g-import-not-at-top
+  saved = run_config.to_dict(_tiny("scbch"))
+  for now in (dict(saved, prefetch=0), dict(saved, prefetch=7)):
+    run_config.check_same_run(saved, now, workdir="w")
+  older = {k: v for k, v in saved.items() if k != "prefetch"}  # before the key
+  run_config.check_same_run(older, saved, workdir="w")
+  with pytest.raises(ConfigError, match="config.bits"):
+    run_config.check_same_run(saved, dict(saved, bits=32, prefetch=0), workdir="w")

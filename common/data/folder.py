@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import h5py
 import numpy as np
 
 from common.data import matio
@@ -73,6 +72,7 @@ def _npz_arrays(path: str, *, allowed: tuple[str, ...]) -> dict[str, _Named]:
 
 def _h5_arrays(path: str) -> dict[str, dict[str, _Named]]:
   matio.require_file(path)
+  h5py = matio._h5py()  # pylint: disable=protected-access
   if not h5py.is_hdf5(path):
     raise ValueError(f"file {path!r}: not an HDF5 file.")
   parts = {}

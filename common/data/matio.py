@@ -21,14 +21,23 @@ Files may come from anyone, so before anything is read:
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import zipfile
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import h5py
 import numpy as np
 
 from common.data import validation
+
+if TYPE_CHECKING:
+  import h5py
+
+
+def _h5py():
+  """h5py, imported on first use (~0.2-0.3 s that runs on synthetic or
+  prepared data never need)."""
+  return importlib.import_module("h5py")
 
 # Bytes of float32 output per block when copying an HDF5 dataset.
 _BLOCK_BYTES = 64 << 20
@@ -93,6 +102,7 @@ def check_claimed_bytes(path: str, name: str, claimed: int, *, stored: int,
 def _walk_h5(group: h5py.Group, path: str, seen: set) -> Iterator[h5py.Dataset]:
   """Every dataset under `group`, refusing external links; soft links inside
   the file are followed once (by object address)."""
+  h5py = _h5py()
   for name in group:
     link = group.get(name, getlink=True)
     full = f"{group.name.rstrip('/')}/{name}"
@@ -166,7 +176,7 @@ def open_h5(path: str) -> Iterator[h5py.File]:
   as one ValueError line naming the file."""
   require_file(path)
   try:
-    f = h5py.File(path, "r")
+    f = _h5py().File(path, "r")
   except OSError as e:
     raise _damaged(path, "HDF5", e) from e
   with f:
@@ -187,7 +197,7 @@ def h5_dataset(f: h5py.File, key: str) -> h5py.Dataset:
         f"{where(f.filename, key)}: key missing; the file holds "
         f"{sorted(f.keys())}.")
   ds = f[key]
-  if not isinstance(ds, h5py.Dataset) or ds.ndim != 2:
+  if not isinstance(ds, _h5py().Dataset) or ds.ndim != 2:
     shape = getattr(ds, "shape", "a group (e.g. a MATLAB sparse matrix)")
     raise ValueError(
         f"{where(f.filename, key)}: expected a dense 2-D array, got {shape}.")
@@ -258,7 +268,7 @@ def read_h5_concat(f: h5py.File, keys: Sequence[str], *,
 def is_hdf5(path: str) -> bool:
   """Whether `path` is an HDF5 file (MATLAB v7.3 .mat files are)."""
   require_file(path)
-  return h5py.is_hdf5(path)
+  return _h5py().is_hdf5(path)
 
 
 def read_mat(path: str, keys: Sequence[str]) -> dict[str, np.ndarray]:

@@ -185,11 +185,13 @@ def map_batches(fn, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.nda
 
 def prefetch(batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
   """Yields `batches` in order, reading up to `size` ahead in a thread, so that
-  reading from storage overlaps the device step. Errors are re-raised in the
-  consumer; closing the generator (or an exception in the consumer) stops
-  the reader."""
-  if size < 1:
-    raise ValueError(f"size={size} must be >= 1.")
+  reading from storage overlaps the device step (config.prefetch). Errors are
+  re-raised in the consumer; closing the generator (or an exception in the
+  consumer) stops the reader. size=0: no thread, `batches` as they are."""
+  size = _check_int("size", size, 0)
+  if size == 0:
+    yield from batches
+    return
   ready: queue.Queue = queue.Queue(maxsize=size)
   stop = threading.Event()
   done = object()

@@ -2,7 +2,8 @@
 
 TFDS 4.9 builds and reads without TensorFlow when the features are plain
 tensors (encoded with numpy) and the file format is array_record; reading
-goes through `tfds.data_source` (random access, no tf.data). One config per
+goes through array_record's readers over each split's files (random access,
+no tf.data), a batch of records decoded in one vectorised step (`_Records`). One config per
 benchmark (files from the manual dir, read with `read_benchmark`), one per
 synthetic preset (`synthetic_<preset>`, seed 0), and `folder` for your own
 data (`read_dataset`; one folder per TFDS data dir: the build records its
@@ -18,6 +19,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import threading
 
 from absl import logging
 from etils import epath
@@ -245,22 +247,36 @@ def _refuse_another_folder(tfds_dir: str, folder: str, overwrite: bool) -> None:
         "(one folder per TFDS data dir) or --overwrite")
 
 
+def _read_columns(source, keys, start: int, stop: int) -> dict[str, np.ndarray]:
+  """{key: values of source rows [start, stop)}, read in chunks; "index" as
+  (rows,) int64, float features as (rows, d) float32."""
+  out = None
+  for lo in range(start, stop, _READ_CHUNK):
+    part = source.columns(np.arange(lo, min(stop, lo + _READ_CHUNK)), keys)
+    if out is None:
+      out = {k: np.empty((stop - start,) + v.shape[1:], v.dtype)
+             for k, v in part.items()}
+    for k, v in part.items():
+      out[k][lo - start:lo - start + len(v)] = v
+  if out is None:  # no rows: the widths of the split's first record, if any
+    first = source.columns([0], keys) if len(source) else {
+        k: np.zeros((1, 1 if k == "index" else 0),
+                    np.int64 if k == "index" else np.float32) for k in keys}
+    out = {k: v[:0] for k, v in first.items()}
+  if "index" in out:
+    if out["index"].shape[1:] != (1,):
+      raise ValueError(f"feature 'index': expected one int64 per record, got "
+                       f"{out['index'].shape[1:]}")
+    out["index"] = out["index"][:, 0]
+  return out
+
+
 def _read_split(source, name: str, *, noisy: bool = False
                 ) -> tuple[Split, np.ndarray | None]:
-  n = len(source)
-  first = source[0] if n else None
-  keys = ("image", "text", "label") + (("label_noisy",) if noisy else ())
-  dims = {k: (first[k].shape[0] if first is not None else 0) for k in keys}
-  arrays = {k: np.empty((n, d), dtype=np.float32) for k, d in dims.items()}
-  index = np.empty((n,), dtype=np.int64)
-  for lo in range(0, n, _READ_CHUNK):
-    rows = list(range(lo, min(n, lo + _READ_CHUNK)))
-    for row, example in zip(rows, source.__getitems__(rows)):
-      for k in arrays:
-        arrays[k][row] = example[k]
-      index[row] = example["index"]
+  keys = ("image", "text", "label", "index") + (("label_noisy",) if noisy else ())
+  arrays = _read_columns(source, keys, 0, len(source))
   split = Split(image=arrays["image"], text=arrays["text"],
-                labels=arrays["label"], index=index)
+                labels=arrays["label"], index=arrays["index"])
   validation.validate_split(split, where=name)
   return split, arrays.get("label_noisy")
 
@@ -268,23 +284,15 @@ def _read_split(source, name: str, *, noisy: bool = False
 def _read_labels(source, name: str, rows: tuple[int, int], *, noisy: bool
                  ) -> dict[str, np.ndarray]:
   """label (and label_noisy), index of source rows [start, stop), in chunks."""
-  start, stop = rows
-  out = {"label": [], "index": []} | ({"label_noisy": []} if noisy else {})
-  for lo in range(start, stop, _READ_CHUNK):
-    records = source.__getitems__(list(range(lo, min(stop, lo + _READ_CHUNK))))
-    for k in out:
-      out[k].append(np.stack([np.asarray(r[k]) for r in records]))
-  width = {k: (np.asarray(source[0][k]).shape if len(source) else ()) for k in out}
-  return {k: (np.concatenate(v) if v else np.zeros((0,) + width[k]))
-          .astype(np.int64 if k == "index" else np.float32) for k, v in out.items()}
+  del name
+  return _read_columns(source, ("label", "index") + (("label_noisy",) if noisy else ()),
+                       *rows)
 
 
 def _stored_split(source, name: str, *, noisy: bool, rows, gather
                   ) -> tuple[Split, np.ndarray | None]:
   n = len(source)
-  first = source[0] if n else None
-  dims = {k: int(first[k].shape[0]) if first is not None else 0
-          for k in ("image", "text")}
+  dims = {k: v.shape[1] for k, v in _read_columns(source, ("image", "text"), 0, 0).items()}
   local = _read_labels(source, name, rows(n), noisy=noisy)
   small = {k: gather(v, n) for k, v in local.items()}
   reader = stored.StoredRows(source, where=name, dims=dims)
@@ -321,19 +329,29 @@ def load_tfds_stored(config_name: str, data_dir: str, *,
 
 
 class _Records:
-  """The records of one prepared split as {feature: ndarray} dicts, parsed
-  straight from the array_record bytes (tf.train.Example float/int64 lists).
+  """The records of one prepared split, parsed straight from the array_record
+  bytes (tf.train.Example float/int64 lists), without TFDS's generic decoder.
 
-  TFDS's generic decoding of the same records costs ~200 us each in Python;
-  this ~20 us (measured on 192-float records): input would otherwise bound
-  the step at batch 1024. The values are the ones TFDS decodes (scalars as
-  0-d arrays).
+  `columns(rows, names)` decodes a whole batch in one vectorised step: the
+  records of one byte length share one layout (the offsets of every feature's
+  values; a record's length only varies with its int64 varints), found once
+  per length by walking the protobuf wire format of one record, then checked
+  for every record (all bytes outside the feature values must equal that
+  record's); the values are then read straight out of the concatenated record
+  bytes into preallocated arrays (~1 us a record where the per-record protobuf
+  decode and copy cost ~20 us). A record that does not match its length's
+  layout (another field order, unpacked lists: never written by this builder)
+  is decoded with protobuf, to the same values.
+
+  `__getitems__` gives TFDS-style {feature: ndarray} dicts (scalars as 0-d).
   """
 
-  def __init__(self, source):
-    from tensorflow_datasets.core import example_parser  # pylint: disable=g-import-not-at-top
-    self._raw = source.data_source  # array_record's random-access reader
-    self._example = example_parser.tf_example_pb2.Example
+  def __init__(self, raw):
+    """raw: the split's serialized records: len() and __getitems__(rows) ->
+    list of bytes (an _ArrayRecordFiles)."""
+    self._raw = raw
+    self._example = None
+    self._layouts: dict[int, _Layout | None] = {}
 
   def __len__(self) -> int:
     return len(self._raw)
@@ -343,8 +361,252 @@ class _Records:
 
   def __getitems__(self, rows) -> list[dict[str, np.ndarray]]:
     return [{name: _values(value) for name, value in
-             self._example.FromString(record).features.feature.items()}
+             self._parse(record).features.feature.items()}
             for record in self._raw.__getitems__(list(rows))]
+
+  def _parse(self, record: bytes):
+    if self._example is None:
+      from tensorflow_datasets.core import example_parser  # pylint: disable=g-import-not-at-top
+      self._example = example_parser.tf_example_pb2.Example
+    return self._example.FromString(record)
+
+  def columns(self, rows, names) -> dict[str, np.ndarray]:
+    """{name: (len(rows), width) array} of source rows `rows`, in that order:
+    float32 for float features, int64 for int64 features.
+
+    Raises:
+      KeyError: a record without one of `names`.
+      ValueError: a feature that is neither a float nor an int64 list, or
+        whose width differs between records.
+    """
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    records = self._raw.__getitems__(rows) if rows.size else []
+    n = len(records)
+    lengths = np.fromiter(map(len, records), np.int64, n)
+    parts: dict[str, list] = {name: [] for name in names}
+    if n and lengths.min() == lengths.max():
+      groups = [(slice(None), records, int(lengths[0]))]
+    else:
+      groups = []
+      for length in np.unique(lengths):
+        idx = np.flatnonzero(lengths == length)
+        groups.append((idx, [records[i] for i in idx], int(length)))
+    for where, group, length in groups:
+      if length not in self._layouts:
+        self._layouts[length] = _Layout.of(group[0])
+      layout = self._layouts[length]
+      data = np.frombuffer(b"".join(group), np.uint8).reshape(len(group), length)
+      fits = (layout.fits(data, names) if layout is not None
+              else np.zeros(len(group), bool))
+      here = np.arange(n)[where]
+      if fits.all():
+        for name in names:
+          parts[name].append((here, layout.values(data, name)))
+        slow = []
+      else:
+        fast, slow = np.flatnonzero(fits), np.flatnonzero(~fits)
+        for name in names if fast.size else ():
+          parts[name].append((here[fast], layout.values(data[fast], name)))
+      for i in slow:
+        features = self._parse(group[i]).features.feature
+        for name in names:
+          if name not in features:
+            raise KeyError(f"{name!r} is not a feature of the record of row "
+                           f"{int(rows[here[i]])}")
+          value = np.atleast_1d(_values(features[name]))
+          parts[name].append((here[i:i + 1], value[None]))
+    out = {}
+    for name, pieces in parts.items():
+      widths = {p[1].shape[1] for p in pieces}
+      dtypes = {p[1].dtype for p in pieces}
+      if len(widths) > 1 or len(dtypes) > 1:
+        raise ValueError(f"feature {name!r}: records disagree on its width/type "
+                         f"({sorted(widths)}, {sorted(map(str, dtypes))})")
+      width = widths.pop() if widths else 0
+      dtype = dtypes.pop() if dtypes else np.float32
+      if len(pieces) == 1 and len(pieces[0][0]) == n:
+        out[name] = np.ascontiguousarray(pieces[0][1])
+        continue
+      column = np.empty((n, width), dtype)
+      for idx, values in pieces:
+        column[idx] = values
+      out[name] = column
+    return out
+
+
+class _ArrayRecordFiles:
+  """The serialized records of one split's array_record files, by row.
+
+  As array_record's ArrayRecordDataSource, with the rows mapped to (file,
+  position) in one vectorised step and each file's records fetched by one
+  reader call (ArrayRecordDataSource spends ~2 us a record in Python, with
+  the GIL held, on that mapping). The readers open on first use with the
+  options ArrayRecordDataSource uses.
+  """
+
+  def __init__(self, instructions):
+    """instructions: the split's tfds FileInstructions (filename, skip, take)."""
+    self._files = [(os.fspath(i.filename), int(i.skip), int(i.take))
+                   for i in instructions]
+    self._ends = np.cumsum([take for _, _, take in self._files], dtype=np.int64)
+    self._readers: list = [None] * len(self._files)
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  def _reader(self, i: int):
+    if self._readers[i] is None:
+      from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+      self._readers[i] = array_record_module.ArrayRecordReader(
+          self._files[i][0], options="readahead_buffer_size:0",
+          file_reader_buffer_size=32768)
+    return self._readers[i]
+
+  def __getitems__(self, rows) -> list[bytes]:
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    n = len(self)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+      raise IndexError(f"{self._files[0][0] if self._files else 'no files'}: rows "
+                       f"outside [0, {n})")
+    which = np.searchsorted(self._ends, rows, side="right")
+    starts = self._ends - [take for _, _, take in self._files]
+    with self._lock:
+      if len(self._files) == 1 or (rows.size and which.min() == which.max()):
+        i = int(which[0]) if rows.size else 0
+        return self._reader(i).read(
+            (rows - starts[i] + self._files[i][1]).tolist()) if rows.size else []
+      out: list = [b""] * rows.size
+      for i in np.unique(which):
+        idx = np.flatnonzero(which == i)
+        records = self._reader(int(i)).read(
+            (rows[idx] - starts[i] + self._files[i][1]).tolist())
+        for j, record in zip(idx.tolist(), records):
+          out[j] = record
+      return out
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+  value = shift = 0
+  while True:
+    if pos >= end or shift > 63:
+      raise ValueError("truncated varint")
+    byte = buf[pos]
+    pos += 1
+    value |= (byte & 0x7F) << shift
+    shift += 7
+    if byte < 0x80:
+      return value, pos
+
+
+def _fields(buf: bytes, pos: int, end: int):
+  """(field number, wire type, start, stop) of each field of one protobuf
+  message in buf[pos:end]; for length-delimited fields [start, stop) is the
+  payload. Raises ValueError on groups or malformed data."""
+  while pos < end:
+    tag, pos = _varint(buf, pos, end)
+    wire = tag & 7
+    if wire == 0:
+      start = pos
+      _, pos = _varint(buf, pos, end)
+    elif wire == 1 or wire == 5:
+      start, pos = pos, pos + (8 if wire == 1 else 4)
+    elif wire == 2:
+      size, start = _varint(buf, pos, end)
+      pos = start + size
+    else:
+      raise ValueError(f"wire type {wire}")
+    if pos > end:
+      raise ValueError("field past the end of its message")
+    yield tag >> 3, wire, start, pos
+
+
+class _Layout:
+  """Where each feature's values lie in a serialized tf.train.Example of one
+  byte length, and which bytes (tags, lengths, keys) every record of that
+  layout must share."""
+
+  def __init__(self, spans: dict[str, tuple[str, int, int]], length: int,
+               record: bytes):
+    self.spans = spans  # name -> (kind "float" | "int64", start, stop)
+    mask = np.ones(length, bool)
+    for _, start, stop in spans.values():
+      mask[start:stop] = False
+    self.structure = np.flatnonzero(mask)
+    self.template = np.frombuffer(record, np.uint8)[self.structure]
+    self._varint_ends: dict[str, np.ndarray] = {}
+    for name, (kind, start, stop) in spans.items():
+      if kind == "int64":
+        payload = np.frombuffer(record, np.uint8)[start:stop]
+        self._varint_ends[name] = payload < 0x80
+
+  @classmethod
+  def of(cls, record: bytes) -> "_Layout | None":
+    """The layout of `record`, or None where it holds anything but packed
+    float/int64 lists under unique keys (then records are parsed by protobuf)."""
+    try:
+      spans = {}
+      for number, wire, start, stop in _fields(record, 0, len(record)):
+        if number != 1 or wire != 2:
+          continue  # not Example.features: structure, compared as bytes
+        for fnum, fwire, fstart, fstop in _fields(record, start, stop):
+          if fnum != 1 or fwire != 2:
+            continue
+          key = value = None
+          for enum, ewire, estart, estop in _fields(record, fstart, fstop):
+            if enum == 1 and ewire == 2:
+              key = record[estart:estop].decode("utf-8")
+            elif enum == 2 and ewire == 2:
+              value = (estart, estop)
+            else:
+              return None
+          if key is None or value is None or key in spans:
+            return None
+          kinds = [(n, w, s, e) for n, w, s, e in _fields(record, *value)]
+          if len(kinds) != 1 or kinds[0][0] not in (2, 3) or kinds[0][1] != 2:
+            return None
+          kind = "float" if kinds[0][0] == 2 else "int64"
+          lists = list(_fields(record, kinds[0][2], kinds[0][3]))
+          if not lists:
+            span = (kinds[0][3], kinds[0][3])     # an empty list
+          elif len(lists) == 1 and lists[0][:2] == (1, 2):
+            span = lists[0][2:]                  # packed values
+          else:
+            return None
+          if kind == "float" and (span[1] - span[0]) % 4:
+            return None
+          spans[key] = (kind,) + span
+      return cls(spans, len(record), record)
+    except (ValueError, UnicodeDecodeError):
+      return None
+
+  def fits(self, data: np.ndarray, names) -> np.ndarray:
+    """(k,) bool: which rows of `data` (k records of this length) have this
+    layout for the features `names`."""
+    if any(name not in self.spans for name in names):
+      return np.zeros(len(data), bool)
+    ok = (data[:, self.structure] == self.template).all(axis=1)
+    for name in names:
+      kind, start, stop = self.spans[name]
+      if kind == "int64":  # the same number of varints, ending at the same bytes
+        ok &= ((data[:, start:stop] < 0x80) == self._varint_ends[name]).all(axis=1)
+    return ok
+
+  def values(self, data: np.ndarray, name: str) -> np.ndarray:
+    """(k, width) values of feature `name` of the records `data` (that fit)."""
+    kind, start, stop = self.spans[name]
+    payload = data[:, start:stop]
+    if kind == "float":
+      return payload.view("<f4").astype(np.float32, copy=False)
+    ends = np.flatnonzero(self._varint_ends[name])
+    values = np.zeros((len(data), len(ends)), np.uint64)
+    first = 0
+    for j, last in enumerate(ends):
+      for b in range(first, last + 1):
+        values[:, j] |= (payload[:, b].astype(np.uint64) & np.uint64(0x7F)) << (
+            np.uint64(7 * (b - first)))
+      first = last + 1
+    return values.view(np.int64)
 
 
 def _values(feature) -> np.ndarray:
@@ -365,10 +627,12 @@ def _open(config_name: str, data_dir: str):
     raise FileNotFoundError(
         f"No prepared TFDS dataset at {path!r}; run nhj-prepare-data "
         f"--dataset={config_name} --tfds_dir={data_dir} first.")
-  sources = tfds.data_source(f"{BUILDER_NAME}/{config_name}",
-                             data_dir=data_dir, download=False)
   builder = tfds.builder(f"{BUILDER_NAME}/{config_name}", data_dir=data_dir)
-  return path, {part: _Records(source) for part, source in sources.items()}, builder
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise ValueError(f"{path}: prepared as {builder.info.file_format}, not "
+                     "array_record; prepare it again with nhj-prepare-data")
+  return path, {part: _Records(_ArrayRecordFiles(
+      builder.info.splits[part].file_instructions)) for part in _PARTS}, builder
 
 
 def load_tfds_splits(config_name: str, data_dir: str) -> Splits:
@@ -381,7 +645,7 @@ def load_tfds_dataset(config_name: str, data_dir: str
   """(Splits, the user's own noisy training labels or None) of a prepared
   `noisy_hashing/<config_name>`.
 
-  Uses `tfds.data_source` (array_record random access; TensorFlow is never
+  Reads the array_record files directly (random access; TensorFlow is never
   imported).
 
   Raises:
