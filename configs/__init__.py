@@ -94,6 +94,3 @@ def schedule_hint(config, train_items: int, *, factor: float = 3.0) -> str | Non
           f"{reference} ({default.epochs} epochs of {DEMO_TRAIN_ITEMS // default.batch_size}"
           f" steps): {advice}.")
 
-
-if __name__ == "__main__":
-  print(markdown_table(), end="")

@@ -17,14 +17,18 @@ DOCS = {
                "center_only (dcgmh_jax.objectives)",
     "dataset": "synthetic:<size> (tiny, demo, mirflickr25k, nuswide21, mscoco, "
                "iaprtc12), a benchmark name read from data_dir, tfds:<name> read "
-               "from tfds_dir (built by nhj-prepare-data), or folder:<path> (your "
-               "own data, docs/data.md)",
+               "from tfds_dir (built by nhj-prepare-data), folder:<path> (your "
+               "own data, docs/data.md), or real:<name> (yeast, digits, segment: "
+               "real sets shipped in package wheels, docs/real_data.md)",
     "data_dir": "the benchmark's files (benchmark datasets only)",
     "layout": "benchmark file layout: ucch, scbch_h5 or dcgmh_mat (None: detected)",
     "tfds_dir": "TFDS data dir for tfds:<name>",
     "input": "memory: features loaded into host memory; storage (tfds: data "
              "only): each process reads its rows from the array_record files, a "
              "batch at a time (docs/scaling.md)",
+    "prefetch": "training batches read ahead in a background thread (any input; "
+                "with storage the reads overlap the steps); 0: read in the "
+                "training loop's thread; may change on resume",
     "query_size": "query split size (None: the dataset's split; all.npz of "
                   "folder: data needs it)",
     "train_size": "training split size (None: the dataset's split; all.npz of "
