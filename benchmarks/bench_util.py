@@ -58,6 +58,28 @@ def time_steps(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5
   return first, times[len(times) // 2]
 
 
+def time_steps_cpu(fn: Callable[[], object], *, repeats: int = 5
+                   ) -> tuple[float, float, float]:
+  """(first-call wall seconds incl. compilation, median wall seconds, median
+  CPU seconds of this process) of later calls. With the process pinned to one
+  CPU, CPU seconds are the steadier measure on a shared machine."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - start
+  wall, cpu = [], []
+  for _ in range(repeats):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn())
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+  return first, sorted(wall)[len(wall) // 2], sorted(cpu)[len(cpu) // 2]
+
+
+def threads() -> int:
+  """CPUs this process may run on (taskset): XLA:CPU's thread count."""
+  return len(os.sched_getaffinity(0))
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

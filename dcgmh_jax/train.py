@@ -44,7 +44,9 @@ the run's settings (common.train_loop.loop_plan(...).release_compat):
   clean_label_reconstruction: label reconstruction compares the neighbours'
       CLEAN labels (the release's clean-label ids: it LEAKS THE GROUND TRUTH)
       and does not exclude the item's own bank row; the label given is the
-      top neighbour's observed one. Needs the clean training labels.
+      top neighbour's observed one. Needs the clean training labels (held in
+      the state, DcgmhState.bank_truth, beside the bank: the step reads them
+      as data, and a run compiles the same programs as without the quirk).
   bn_unbiased_running_var: PyTorch's BatchNorm running variance (the unbiased
       batch variance, × n/(n−1), n the rows in the statistics over all
       devices); training-mode normalisation unchanged (model.BatchNorm).
