@@ -94,7 +94,7 @@ def bench(hidden, fused, batch, repeats):
                                          context={"epoch": epoch, "step_in_epoch": 0},
                                          phase=phase)
       return metrics["loss"]
-    out[phase] = bench_util.time_steps(one_step, repeats=repeats)[1]
+    out[phase] = bench_util.time_steps_cpu(one_step, repeats=repeats)[1:]
   return out["warmup"], out["robust"], filter_only(batch, jax.random.key(0))
 
 
@@ -110,19 +110,26 @@ def main():
       [SETTINGS[int(i)] for i in args.settings.split(",")]
   rows = []
   for name, hidden, fused, batch in chosen:
-    warm, robust, filt = bench(hidden, fused, batch, args.repeats)
-    rows.append([name, batch, f"{warm * 1e3:.1f}", f"{robust * 1e3:.1f}",
-                 f"{batch / robust:.0f}", f"{filt * 1e3:.2f}",
+    (warm, warm_cpu), (robust, robust_cpu), filt = bench(hidden, fused, batch,
+                                                         args.repeats)
+    rows.append([name, batch, f"{warm * 1e3:.1f}", f"{warm_cpu * 1e3:.1f}",
+                 f"{robust * 1e3:.1f}", f"{robust_cpu * 1e3:.1f}",
+                 f"{batch / robust_cpu:.0f}", f"{filt * 1e3:.2f}",
                  f"{100 * filt / robust:.1f}%"])
     print(rows[-1], flush=True)
   table = bench_util.markdown_table(
-      ["setting", "batch", "warm-up step ms", "robust step ms", "robust samples/s",
-       "filter+reconstruction ms", "filter share of robust step"], rows)
+      ["setting", "batch", "warm-up step ms (wall)", "warm-up CPU ms",
+       "robust step ms (wall)", "robust CPU ms", "robust samples per CPU-s",
+       "filter+reconstruction ms (wall)", "filter share of robust step"], rows)
   body = (f"Machine: {bench_util.machine()}; backend {jax.default_backend()}; "
-          f"date {bench_util.today()}; bank N = {BANK}, C = {C}, K = {BITS}; "
-          f"peak RSS {bench_util.peak_rss_gb():.1f} GB.\n"
-          f"Median of {args.repeats} steps after the first (compile) step. The robust "
-          "step runs the network twice (clean + augmented views).\n\n" + table)
+          f"date {bench_util.today()}; {bench_util.threads()} thread(s) (taskset); load "
+          f"average {bench_util.load_average():.1f}; bank N = {BANK}, C = {C}, K = {BITS}; "
+          f"peak RSS {bench_util.peak_rss_gb():.1f} GB. Command: `taskset -c 0 python "
+          "benchmarks/dcgmh_step.py`.\n"
+          f"Median of {args.repeats} steps after the first (compile) step; wall time and "
+          "this process's CPU seconds (at one thread the steadier measure on a shared "
+          "machine). The robust step runs the network twice (clean + augmented "
+          "views).\n\n" + table)
   print(body)
   if args.settings is not None:  # a subset would replace the full table
     print("(--settings given: RESULTS.md not updated)")

@@ -55,8 +55,9 @@ def bench(image_hidden, text_hidden, bits, batch, repeats):
                                        phase=method.phases[0])
     return metrics["loss"]
 
-  first, median = bench_util.time_steps(one_step, repeats=repeats)
+  first, median, cpu = bench_util.time_steps_cpu(one_step, repeats=repeats)
   params = sum(x.size for x in jax.tree.leaves(dp.get_state(holder["state"]).params))
+  bench.cpu = cpu
   return first, median, params
 
 
@@ -75,14 +76,19 @@ def main():
   for name, ih, th, bits, batch in chosen:
     first, median, params = bench(ih, th, bits, batch, args.repeats)
     rows.append([name, batch, f"{params / 1e6:.1f}M", f"{first:.2f}",
-                 f"{median * 1e3:.1f}", f"{batch / median:.0f}"])
+                 f"{median * 1e3:.1f}", f"{bench.cpu * 1e3:.1f}",
+                 f"{batch / bench.cpu:.0f}"])
     print(rows[-1], flush=True)
   table = bench_util.markdown_table(
-      ["setting", "batch", "params", "first step s (compile)", "step ms (median)",
-       "samples/s"], rows)
+      ["setting", "batch", "params", "first step s (compile)", "step ms (median wall)",
+       "step CPU ms (median)", "samples per CPU-s"], rows)
   body = (f"Machine: {bench_util.machine()}; backend {jax.default_backend()}; "
-          f"date {bench_util.today()}; peak RSS {bench_util.peak_rss_gb():.1f} GB.\n"
-          f"Median of {args.repeats} steps after the first (compile) step.\n\n{table}")
+          f"date {bench_util.today()}; {bench_util.threads()} thread(s) (taskset); load "
+          f"average {bench_util.load_average():.1f}; peak RSS "
+          f"{bench_util.peak_rss_gb():.1f} GB. Command: `taskset -c 0 python "
+          f"benchmarks/scbch_step.py`.\nMedian of {args.repeats} steps after the first "
+          "(compile) step; wall time and this process's CPU seconds (at one thread "
+          f"the steadier measure on a shared machine).\n\n{table}")
   print(body)
   if args.settings is not None:  # a subset would replace the full table
     print("(--settings given: RESULTS.md not updated)")

@@ -177,6 +177,21 @@ def update_bank(bank_sim: Array, bank_clean: Array, indices: Array,
   return bank_sim, bank_clean
 
 
+def top_k_indices(scores: Array, k: int) -> Array:
+  """Column indices of the k largest scores per row (ties → lower index),
+  lax.top_k's, behind an optimization barrier.
+
+  XLA:CPU runs lax.top_k as its TopK kernel (one pass over the row) only when
+  the top-k result has a single consumer shape; when the indices are used at
+  two shapes (e.g. `idx` and `idx[:, 0]`) it falls back to a full stable sort
+  of every row — for the (B, N) bank scores, O(N log N) per item, measured
+  ~50× the step at N = 10,000 (issue 22). The barrier gives the indices one
+  consumer whatever the caller does with them.
+  """
+  _, indices = jax.lax.top_k(scores, k)
+  return jax.lax.optimization_barrier(indices)
+
+
 def reconstruct_labels(noisy_sim: Array, bank_sim: Array, bank_clean: Array,
                        bank_labels: Array, *, k: int = 2,
                        noisy: Array | None = None,
@@ -242,7 +257,7 @@ def reconstruct_labels(noisy_sim: Array, bank_sim: Array, bank_clean: Array,
     self_col = jnp.asarray(self_indices)[:, None]
     is_self = jnp.arange(num_items)[None, :] == self_col
     dots = jnp.where(is_self, -jnp.inf, dots)
-  _, neighbours = jax.lax.top_k(dots, k)
+  neighbours = top_k_indices(dots, k)
   neighbour_labels = jnp.asarray(bank_labels)[neighbours]
   first = neighbour_labels[:, 0, :]
   all_clean = jnp.all(jnp.asarray(bank_clean)[neighbours].astype(bool), axis=1)

@@ -44,7 +44,9 @@ the run's settings (common.train_loop.loop_plan(...).release_compat):
   clean_label_reconstruction: label reconstruction compares the neighbours'
       CLEAN labels (the release's clean-label ids: it LEAKS THE GROUND TRUTH)
       and does not exclude the item's own bank row; the label given is the
-      top neighbour's observed one. Needs the clean training labels.
+      top neighbour's observed one. Needs the clean training labels (held in
+      the state, DcgmhState.bank_truth, beside the bank: the step reads them
+      as data, and a run compiles the same programs as without the quirk).
   bn_unbiased_running_var: PyTorch's BatchNorm running variance (the unbiased
       batch variance, × n/(n−1), n the rows in the statistics over all
       devices); training-mode normalisation unchanged (model.BatchNorm).
@@ -178,7 +180,10 @@ class DcgmhState:
 
   bank_labels are the observed (noisy) training labels the reconstruction
   votes with; diagnostics are this epoch's filter counts (reset at an epoch's
-  first step; only meaningful where the truth is known).
+  first step; only meaningful where the truth is known). bank_truth: the
+  CLEAN training labels (N, C), only with release_compat's
+  clean_label_reconstruction (else None, no leaf): device state like the
+  bank, never a constant baked into the compiled step.
   """
 
   params: PyTree
@@ -191,6 +196,7 @@ class DcgmhState:
   bank_labels: jax.Array
   noise_ratio_estimate: jax.Array
   diagnostics: dict
+  bank_truth: jax.Array | None = None
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -262,7 +268,13 @@ class DcgmhMethod:
             "the neighbours' CLEAN labels (it leaks ground truth); this run's clean "
             "training labels are unknown, so it cannot be reproduced. Leave "
             "clean_label_reconstruction out of config.release_compat.")
-      self.train_truth = jnp.asarray(train_truth_labels, jnp.float32)
+      truth = np.asarray(train_truth_labels, np.float32)
+      if truth.shape != np.shape(train_labels):
+        raise ValueError(f"train_truth_labels: shape {truth.shape}, expected the "
+                         f"observed labels' {np.shape(train_labels)}")
+      # Host copy: it enters the state (bank_truth) as an argument of the init
+      # program, never as a constant of a compiled program.
+      self.train_truth = truth
     model = functools.partial(
         DcgmhNet, bits=config.bits, num_classes=num_classes, hidden=config.hidden,
         fused=config.fused, dtype=self.compute_dtype, param_dtype=self.param_dtype,
@@ -286,26 +298,29 @@ class DcgmhMethod:
 
   # --- state ------------------------------------------------------------------
 
-  def _init_state(self) -> DcgmhState:
+  def _init_state(self, train_labels: jax.Array, train_truth: jax.Array | None
+                  ) -> DcgmhState:
+    """The N-row label arrays are arguments (a closed-over host array would be
+    baked into the program as a constant)."""
     init_key, bank_key, state_key = jax.random.split(jax.random.key(self.config.seed), 3)
     variables = self.eval_model.init(
         init_key, jnp.zeros((2, self.image_dim), jnp.float32),
         jnp.zeros((2, self.text_dim), jnp.float32), train=False)
     params = variables["params"]
-    bank_sim, bank_clean = nf.init_bank(len(self.train_labels), self.num_classes,
+    bank_sim, bank_clean = nf.init_bank(train_labels.shape[0], self.num_classes,
                                         key=bank_key)
     start_ratio = self.noise_ratio if self.noise_ratio is not None else 0.0
     return DcgmhState(
         params=params, batch_stats=variables["batch_stats"],
         opt_state=self.tx.init(params), step=jnp.zeros((), jnp.int32), rng=state_key,
         bank_sim=bank_sim, bank_clean=bank_clean,
-        bank_labels=jnp.asarray(self.train_labels),
+        bank_labels=train_labels,
         noise_ratio_estimate=jnp.asarray(start_ratio, jnp.float32),
-        diagnostics=_zero_diagnostics())
+        diagnostics=_zero_diagnostics(), bank_truth=train_truth)
 
   def init_state(self) -> DcgmhState:
     """The initial state, built by one compiled program."""
-    return self._init()
+    return self._init(self.train_labels, self.train_truth)
 
   # --- the step -----------------------------------------------------------------
 
@@ -361,7 +376,7 @@ class DcgmhMethod:
           refresh_clean=cfg.refresh_clean)
       if variant.reconstruction and "clean_label_reconstruction" in self.quirks:
         new_labels, reconstructed = reconstruct_labels_release(
-            sim_r, bank_sim, bank_clean, state.bank_labels, self.train_truth,
+            sim_r, bank_sim, bank_clean, state.bank_labels, state.bank_truth,
             k=cfg.k, noisy=noisy_r, labels=labels_all)
       elif variant.reconstruction:
         new_labels, reconstructed = nf.reconstruct_labels(
@@ -556,7 +571,7 @@ def reconstruct_labels_release(sim, bank_sim, bank_clean, bank_labels, truth_lab
   Returns:
     (new_labels (B, C), reconstructed (B,) bool).
   """
-  _, neighbours = jax.lax.top_k(sim @ bank_sim.T, k)
+  neighbours = nf.top_k_indices(sim @ bank_sim.T, k)
   clean = truth_labels[neighbours]
   all_clean = jnp.all(bank_clean[neighbours].astype(bool), axis=1)
   agree = jnp.all(clean == clean[:, :1, :], axis=(1, 2))

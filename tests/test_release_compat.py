@@ -7,8 +7,11 @@ partial batch dropped, the configured selection and eval schedule. True
 selects every quirk of the method; a comma-separated string only those.
 """
 
+import collections
 import json
 import os
+
+import jax
 
 import numpy as np
 import pytest
@@ -60,6 +63,22 @@ def batch_sizes(monkeypatch):
 
   monkeypatch.setattr(pipeline, "train_batches", recording)
   return sizes
+
+
+@pytest.fixture
+def compiled_programs():
+  """Names of the XLA programs compiled (or loaded from the persistent cache)
+  while the test runs, one entry per program: a compile counter."""
+  names = []
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if event == "/jax/core/compile/backend_compile_duration":
+      names.append(kwargs.get("fun_name"))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  yield names
+  jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _records(workdir, kind):
@@ -159,11 +178,16 @@ def test_default_loop_drops_the_partial_batch_and_evaluates_after_epochs(
     assert "release_compat" not in json.load(f)
 
 
-def test_dcgmh_release_loop_evaluates_every_5_epochs_and_at_the_end(tmp_path,
-                                                                   batch_sizes):
+def test_dcgmh_release_loop_evaluates_every_5_epochs_and_at_the_end(
+    tmp_path, batch_sizes, compiled_programs):
   workdir = str(tmp_path / "run")
   results = experiment.run(_dcgmh(), workdir, log=lambda _: None)
   assert batch_sizes == {e: [B] * FULL + [PARTIAL] for e in range(6)}
+  # Issue 22: 4 step programs (2 phases x {full, partial batch}); the BatchNorm
+  # switch at epoch 5 is data, the clean labels state: neither adds one.
+  programs = collections.Counter(compiled_programs)
+  assert programs["jit(step_body)"] == 4, programs
+  assert programs["jit(_init_state)"] == 1, programs
   evals = _records(workdir, "eval")
   assert [r["epoch"] for r in evals] == [4, 5]   # after the 5th and the last epoch
   assert all("at" not in r for r in evals)
@@ -175,6 +199,16 @@ def test_dcgmh_release_loop_evaluates_every_5_epochs_and_at_the_end(tmp_path,
       "augment_unlabeled_only", "clean_label_reconstruction", "bn_unbiased_running_var"]
   assert "every 5 epochs" in settings["release_compat"]["eval_every_5"]
   assert "leaks ground truth" in settings["release_compat"]["clean_label_reconstruction"]
+
+
+def test_dcgmh_default_loop_compiles_one_step_program_per_phase(tmp_path,
+                                                              compiled_programs):
+  """The default's count beside the compat run's 4 above: one per phase."""
+  experiment.run(_dcgmh(release_compat=False, epochs=2), str(tmp_path / "run"),
+                 log=lambda _: None)
+  programs = collections.Counter(compiled_programs)
+  assert programs["jit(step_body)"] == 2, programs
+  assert programs["jit(_init_state)"] == 1, programs
 
 
 @pytest.mark.parametrize("selection", ["val"])
