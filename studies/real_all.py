@@ -1,0 +1,43 @@
+"""Every real-suite study in one process, seed-major (issue 20, item 2).
+
+  python -m studies.real_all [--studies=real_noise_ratio,real_variants,...]
+
+runs the studies' runs interleaved (every study's seed 0, then seed 1, ...;
+finished runs skipped) into runs/<study>/, then writes each study's tables to
+studies/real/. Each study alone: `python -m studies.<study>`.
+"""
+
+import argparse
+import importlib
+import os
+
+from studies import real_suite
+
+STUDIES = ("real_dcgmh_defaults", "real_scbch_cscc", "real_noise_ratio",
+           "real_release_compat", "real_variants")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--studies", default=",".join(STUDIES))
+  parser.add_argument("--out", default=real_suite.DEFAULT_OUT)
+  parser.add_argument("--seeds", default=None, help="run only these seeds (e.g. 3,4)")
+  parser.add_argument("--report_only", action="store_true")
+  parser.add_argument("--compilation_cache_dir", default=real_suite.CACHE)
+  args = parser.parse_args(argv)
+  names = [n for n in args.studies.split(",") if n]
+  unknown = set(names) - set(STUDIES)
+  if unknown:
+    raise SystemExit(f"--studies: unknown {sorted(unknown)}; expected {', '.join(STUDIES)}")
+  modules = [importlib.import_module(f"studies.{n}") for n in names]
+  if not args.report_only:
+    real_suite.enable_cache(args.compilation_cache_dir)
+    real_suite.run_interleaved(
+        [(m.all_entries(None), os.path.join("runs", m.NAME)) for m in modules],
+        keep=real_suite.entry_filter(None, args.seeds), print_fn=lambda line: print(line, flush=True))
+  for m in modules:
+    print(m.report(m.all_entries(None), os.path.join("runs", m.NAME), args.out), end="")
+
+
+if __name__ == "__main__":
+  main()
