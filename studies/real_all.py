@@ -13,6 +13,24 @@ import os
 
 from studies import real_suite
 
+# Priority tiers (lower first) of (study, setting): what decides a default
+# first; settings not listed are tier 3.
+TIERS = {
+    ("real_dcgmh_defaults", "default"): 0,
+    ("real_dcgmh_defaults", "augment_whole_batch=True"): 0,
+    ("real_dcgmh_defaults", "bn_eval_after_first_eval"): 0,
+    ("real_scbch_cscc", "full"): 0,
+    ("real_scbch_cscc", "no_cscc"): 0,
+    ("real_dcgmh_defaults", "bn_unbiased_running_var"): 1,
+    ("real_dcgmh_defaults", "bn_eval + bn_unbiased"): 1,
+    ("real_dcgmh_defaults", "refresh_clean=True"): 1,
+    ("real_dcgmh_defaults", "augment_whole_batch=True + bn_eval"): 1,
+    ("real_scbch_cscc", "cscc_start_epoch=1"): 2,
+    ("real_scbch_cscc", "cscc_start_epoch=10"): 2,
+    ("real_scbch_cscc", "cscc_start_epoch=20"): 2,
+    ("real_noise_ratio", "auto (margin)"): 2,
+    ("real_noise_ratio", "auto (batch_ema)"): 2,
+}
 STUDIES = ("real_dcgmh_defaults", "real_scbch_cscc", "real_noise_ratio",
            "real_release_compat", "real_variants")
 
@@ -22,6 +40,9 @@ def main(argv=None):
   parser.add_argument("--studies", default=",".join(STUDIES))
   parser.add_argument("--out", default=real_suite.DEFAULT_OUT)
   parser.add_argument("--seeds", default=None, help="run only these seeds (e.g. 3,4)")
+  parser.add_argument("--part", default="0/1",
+                      help="i/n: this process runs every n-th run from the i-th (start "
+                      "n processes with i = 0..n-1 to share the work)")
   parser.add_argument("--report_only", action="store_true")
   parser.add_argument("--compilation_cache_dir", default=real_suite.CACHE)
   args = parser.parse_args(argv)
@@ -34,7 +55,9 @@ def main(argv=None):
     real_suite.enable_cache(args.compilation_cache_dir)
     real_suite.run_interleaved(
         [(m.all_entries(None), os.path.join("runs", m.NAME)) for m in modules],
-        keep=real_suite.entry_filter(None, args.seeds), print_fn=lambda line: print(line, flush=True))
+        keep=real_suite.entry_filter(None, args.seeds),
+        tier=lambda k, e: TIERS.get((modules[k].NAME, e.setting.name), 3),
+        part=tuple(int(x) for x in args.part.split("/")), print_fn=lambda line: print(line, flush=True))
   for m in modules:
     print(m.report(m.all_entries(None), os.path.join("runs", m.NAME), args.out), end="")
 

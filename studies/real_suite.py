@@ -48,8 +48,11 @@ SEEDS = (0, 1, 2, 3, 4)
 BITS = (32,)
 RATES = {"dcgmh": (0.2, 0.4), "scbch": (0.2, 0.5)}
 BUDGET = {
+    # augment_whole_batch pinned to its value when the studies were run (the
+    # default then), so that the tables keep naming what ran whatever the
+    # default is now: `default` in the tables means this reference.
     "dcgmh": dict(epochs=10, warmup_epochs=5, batch_size=48, hidden=256, fused=256,
-                  lr_decay_every=100, eval_every=0),
+                  lr_decay_every=100, eval_every=0, augment_whole_batch=False),
     "scbch": dict(epochs=40, batch_size=64, image_hidden=(256, 256),
                   text_hidden=(256,), cscc_start_epoch=5, eval_every=0),
 }
@@ -347,20 +350,27 @@ def write_report(name: str, out: str, title: str, intro: str,
 
 
 def run_interleaved(studies, *, keep: Callable[[Entry], bool] = lambda e: True,
-                    print_fn=print) -> None:
-  """Runs several studies' entries in this process, seed-major (every study's
-  seed 0, then every study's seed 1, ...), so that a stop leaves every study
-  with k or k+1 seeds. `studies`: (entries, root) pairs; each study's run
-  directories are named by common.sweep over its FULL entry list, so
-  `nhj-sweep` on the same file finds the same runs; `keep` picks the entries
-  to run (e.g. some seeds, for several processes). Finished runs are skipped."""
+                    tier: Callable[[int, Entry], int] = lambda k, e: 0,
+                    part: tuple[int, int] = (0, 1), print_fn=print) -> None:
+  """Runs several studies' entries in this process, ordered by `tier(study
+  index, entry)`, then seed-major (every study's seed 0, then every study's
+  seed 1, ...), so that a stop leaves every study with k or k+1 seeds.
+
+  `studies`: (entries, root) pairs; each study's run directories are named by
+  common.sweep over its FULL entry list, so `nhj-sweep` on the same file finds
+  the same runs. `keep` picks the entries to run (e.g. some seeds); `part=(i,
+  n)` runs every n-th of the ordered runs from the i-th (n processes with
+  i = 0..n-1 share the work without running any twice). Finished runs are
+  skipped."""
   from common import sweep  # pylint: disable=g-import-not-at-top
   order = []
   for k, (planned, root) in enumerate(studies):
     runs = sweep.plan([e.config for e in planned], root)
-    order += [(e.seed, k, i, run) for i, (e, run) in enumerate(zip(planned, runs))
-              if keep(e)]
-  order.sort(key=lambda t: t[:3])
+    order += [(tier(k, e), e.seed, k, i, run)
+              for i, (e, run) in enumerate(zip(planned, runs)) if keep(e)]
+  order.sort(key=lambda t: t[:4])
+  index, parts = part
+  order = order[index::parts]
   todo = [run for *_, run in order if run.state != sweep.FINISHED]
   print_fn(f"{len(order)} runs, {len(order) - len(todo)} already finished")
   for run in todo:
