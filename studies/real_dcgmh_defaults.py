@@ -22,6 +22,8 @@ or `nhj-sweep --sweep=studies/real_dcgmh_defaults.py --root=runs/real_dcgmh_defa
 then `python -m studies.real_dcgmh_defaults --report_only`.
 """
 
+import os
+
 from studies import real_suite
 from studies.real_suite import Setting
 
@@ -52,10 +54,24 @@ def get_sweep(arg=None):
   return [e.config for e in all_entries(arg)]
 
 
+NEW_DEFAULT = "augment_whole_batch=True"
+
+
 def report(planned, root, out):
   rows = real_suite.load_results(planned, root)
-  return real_suite.write_report(
-      NAME, out, "DCGMH default questions on the real suite", real_suite.intro(__doc__), planned, rows, SETTINGS, REFERENCE)
+  text = real_suite.write_report(
+      NAME, out, "DCGMH default questions on the real suite", real_suite.intro(__doc__),
+      planned, rows, SETTINGS, REFERENCE)
+  # The default became augment_whole_batch=True on this evidence: what the
+  # BatchNorm quirk is worth on top of it (the same runs, another reference).
+  extra, pool = real_suite.against(
+      rows, [s for s in SETTINGS if s.name in (NEW_DEFAULT, "augment_whole_batch=True + bn_eval")],
+      "dcgmh", NEW_DEFAULT, "Against the new default (augment_whole_batch=True)")
+  with open(os.path.join(out, NAME + ".md"), "a", encoding="utf-8") as f:
+    f.write(extra)
+  with open(os.path.join(out, NAME + "_vs_new_default.csv"), "w", encoding="utf-8") as f:
+    f.write(real_suite.to_csv(pool))
+  return text + extra
 
 
 if __name__ == "__main__":

@@ -332,6 +332,28 @@ def intro(doc: str) -> str:
   return "\n\n".join(keep + __doc__.split("\n\n")[2:4])
 
 
+def against(rows: Sequence[dict], settings: Sequence[Setting], method: str,
+            reference: str, title: str) -> tuple[str, list[dict]]:
+  """A markdown section: `settings` paired against another reference (the
+  same runs; e.g. a new default), pooled and per cell; and its pooled rows."""
+  table = paired_table(rows, settings, {method: reference})
+  pool = [p for p in pooled(table) if p["setting"] != reference]
+  lines = ["", f"## {title}", "",
+           f"Paired against `{reference}` (same seeds), mAP points.", "",
+           "| method | setting | direction | pooled effect | cells (min seeds) | "
+           "cells up / down | verdict |", "|---|---|---|---|---|---|---|"]
+  for p in pool:
+    lines.append(f"| {p['method'].upper()} | {p['setting']} | {p['direction']} | "
+                 f"{_pm(p['diff'], p['se'])} | {p['cells']} ({p['min_n']}) | "
+                 f"{p['cells_up']} / {p['cells_down']} | {p['verdict']} |")
+  lines += ["", "| set | noise | setting | paired effect | n |", "|---|---|---|---|---|"]
+  for row in table:
+    if row["setting"] != reference and "diff" in row:
+      lines.append(f"| {row['dataset']} | {row['rate']} | {row['setting']} | "
+                   f"{_pm(row['diff'], row.get('se', float('nan')))} | {row['n']} |")
+  return "\n".join(lines) + "\n", pool
+
+
 def write_report(name: str, out: str, title: str, intro: str,
                  all_entries: Sequence[Entry], rows: Sequence[dict],
                  settings: Sequence[Setting], reference: dict[str, str]) -> str:
