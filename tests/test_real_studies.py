@@ -145,3 +145,20 @@ def test_report_writes_markdown_and_csv(tmp_path):
   assert "seeds 3" in text  # the missing seed is listed
   for suffix in (".md", ".csv", "_pooled.csv", "_runs.csv"):
     assert os.path.getsize(tmp_path / f"t{suffix}") > 0
+
+
+def test_against_another_reference_pairs_the_same_runs():
+  rng = np.random.default_rng(3)
+  rows = _rows(rng, {("yeast", 0.2): 0.01, ("digits", 0.4): 0.03}, [0, 1, 2, 3])
+  text, pool = real_suite.against(rows, SETTINGS[1:], "dcgmh", "a", "vs a")
+  (same,) = [p for p in pool if p["setting"] == "same"]
+  want = []
+  for cell in (("yeast", 0.2), ("digits", 0.4)):
+    a = {r["seed"]: r["maps"]["fused"] for r in rows
+         if (r["dataset"], r["rate"], r["setting"]) == cell + ("a",)}
+    b = {r["seed"]: r["maps"]["fused"] for r in rows
+         if (r["dataset"], r["rate"], r["setting"]) == cell + ("same",)}
+    want.append(np.mean([100 * (b[s] - a[s]) for s in a]))
+  np.testing.assert_allclose(same["diff"], np.mean(want))
+  assert same["verdict"] == "worse" and "## vs a" in text
+  assert all(p["setting"] != "a" for p in pool)
