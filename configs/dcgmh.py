@@ -93,7 +93,7 @@ def get_config(arg: str | None = None):
   # L_unsup's augmented pass: False (the release's semantics) augments and
   # encodes only the unlabeled items, BN statistics from them; True augments
   # and encodes the whole batch (the project's earlier behaviour).
-  c.augment_whole_batch = False
+  c.augment_whole_batch = True
   c.refresh_clean = False         # bank clean flags may recover (release: never)
   c.lr = 0.005                    # SGD
   c.momentum = 0.9

@@ -71,11 +71,17 @@ def test_refused_without_the_truth_and_labelled_as_a_leak():
       set(train_lib.RELEASE_QUIRKS) | {"partial_last_batch", "eval_every_5"})
   assert "leaks ground truth" in train_lib.RELEASE_QUIRKS["clean_label_reconstruction"].label
   assert not _method().quirks and "release_compat" not in _method().resolved
+  # augment_unlabeled_only (alone or in True) forces the pass on U, whatever
+  # augment_whole_batch says; without it augment_whole_batch decides.
   for value in (True, "augment_unlabeled_only"):
-    with pytest.raises(ConfigError, match="config.augment_whole_batch"):
-      train_lib.check_config(_config(release_compat=value, augment_whole_batch=True))
-  train_lib.check_config(_config(release_compat="bn_eval_after_first_eval",
-                                 augment_whole_batch=True))
+    for whole in (True, False):
+      config = _config(release_compat=value, augment_whole_batch=whole)
+      train_lib.check_config(config)
+      assert not _method(release_compat=value, augment_whole_batch=whole).whole_batch
+  for whole in (True, False):
+    assert _method(release_compat="bn_eval_after_first_eval",
+                   augment_whole_batch=whole).whole_batch == whole
+    assert _method(augment_whole_batch=whole).whole_batch == whole
 
 
 @pytest.mark.parametrize("epoch", [4, 5, 9])
@@ -210,15 +216,22 @@ def test_c_clean_labels_are_state_not_a_constant_of_the_compiled_step():
 def test_compat_off_is_the_default_step_and_compat_robust_step_runs():
   batch = _batch()
   state = jax.device_get(_method().init_state())
-  off, _ = _step(_method(), state, batch, 7, "robust")
-  # Quirks that change nothing in the step (the loop's; the unlabeled-only
-  # augmented pass, already the default) leave it bit-identical.
-  same, _ = _step(_method(release_compat="partial_last_batch,eval_every_5,"
-                          "augment_unlabeled_only"), state, batch, 7, "robust")
   def arrays(st):
     return jax.tree.leaves((st.params, st.batch_stats, st.bank_sim, st.bank_clean))
+  # The loop's quirks change nothing in the step: bit-identical to the default.
+  off, _ = _step(_method(), state, batch, 7, "robust")
+  same, _ = _step(_method(release_compat="partial_last_batch,eval_every_5"),
+                  state, batch, 7, "robust")
   for g, w in zip(arrays(off), arrays(same)):
     np.testing.assert_array_equal(g, w)
+  # augment_unlabeled_only is the pass on U: bit-identical to
+  # augment_whole_batch=False, and not to the whole-batch default.
+  on_u, _ = _step(_method(augment_whole_batch=False), state, batch, 7, "robust")
+  quirk, _ = _step(_method(release_compat="partial_last_batch,eval_every_5,"
+                           "augment_unlabeled_only"), state, batch, 7, "robust")
+  for g, w in zip(arrays(on_u), arrays(quirk)):
+    np.testing.assert_array_equal(g, w)
+  assert any(not np.array_equal(g, w) for g, w in zip(arrays(off), arrays(quirk)))
   compat = _method(release_compat=True)
   on, metrics = _step(compat, jax.device_get(compat.init_state()), batch, 7, "robust",
                       devices=8)

@@ -48,9 +48,12 @@ def _run(method, mode, devices, phases=("warmup", "robust", "robust", "robust"),
   return jax.device_get(dp.get_state(state)), history
 
 
-@pytest.mark.parametrize("mode", parallel.PARALLEL_MODES)
-def test_eight_devices_equal_one_device(mode):
-  method = _method()
+@pytest.mark.parametrize("mode,whole_batch",
+                         [(m, True) for m in parallel.PARALLEL_MODES]
+                         + [("shard_map", False)])
+def test_eight_devices_equal_one_device(mode, whole_batch):
+  """Both augmented passes: the whole batch (the default) and the buffer on U."""
+  method = _method(augment_whole_batch=whole_batch)
   ref, ref_hist = _run(method, "shard_map", 1)
   got, hist = _run(method, mode, 8)
   for h, r in zip(hist, ref_hist):
@@ -77,7 +80,9 @@ def test_robust_phase_flags_exactly_floor_tau_b_and_updates_the_bank():
 
 
 def test_auto_noise_ratio_runs_and_estimate_is_a_fraction():
-  method = _method(noise_ratio=None, noise_ratio_estimator="batch_ema")
+  # The buffer path: with τ estimated its static buffer is ⌊noise_ratio_max·B⌋.
+  method = _method(noise_ratio=None, noise_ratio_estimator="batch_ema",
+                   augment_whole_batch=False)
   _, hist = _run(method, "shard_map", 8)
   for h in hist:
     assert 0.0 <= h["noise_ratio_estimate"] <= 0.95
@@ -178,7 +183,8 @@ def test_whole_batch_path_still_runs_and_differs_only_in_the_augmented_pass():
   for h, r in zip(hist, ref_hist):
     for k in r:
       np.testing.assert_allclose(h[k], r[k], rtol=1e-4, atol=1e-5, err_msg=k)
-  buffered, buf_hist = _run(_method(), "shard_map", 1, phases=("warmup", "robust"))
+  buffered, buf_hist = _run(_method(augment_whole_batch=False), "shard_map", 1,
+                            phases=("warmup", "robust"))
   assert buf_hist[0]["loss"] == ref_hist[0]["loss"]  # warm-up: no augmented pass
   assert buf_hist[1]["unsup"] != ref_hist[1]["unsup"]
 
