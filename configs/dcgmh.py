@@ -47,9 +47,11 @@ DOCS = {
                           "observed labels fall short of the model's best "
                           "label set by more than this",
     "estimate_momentum": "batch_ema estimator: EMA momentum over steps",
-    "augment_whole_batch": "False: the augmented pass encodes only the "
-                           "unlabeled items, as the release; True: the whole "
-                           "batch (the project's earlier behaviour)",
+    "augment_whole_batch": "True (default since issue 20: +2.0 ± 0.4 mAP "
+                           "points on the real suite, studies/real/): the "
+                           "augmented pass encodes the whole batch; False: "
+                           "only the unlabeled items, BN statistics from them, "
+                           "as the release",
     "refresh_clean": "bank items judged clean again are restored (the release "
                      "never does)",
     "lr": "SGD learning rate (per dataset)",
@@ -90,9 +92,9 @@ def get_config(arg: str | None = None):
   c.noise_ratio_estimator = "margin"
   c.noise_ratio_margin = 0.1
   c.estimate_momentum = 0.99      # EMA over steps of the per-batch estimate
-  # L_unsup's augmented pass: False (the release's semantics) augments and
-  # encodes only the unlabeled items, BN statistics from them; True augments
-  # and encodes the whole batch (the project's earlier behaviour).
+  # L_unsup's augmented pass: True (default since issue 20: +2.0 ± 0.4 mAP
+  # points on the real suite) augments and encodes the whole batch; False (the
+  # release's semantics) only the unlabeled items, BN statistics from them.
   c.augment_whole_batch = True
   c.refresh_clean = False         # bank clean flags may recover (release: never)
   c.lr = 0.005                    # SGD
