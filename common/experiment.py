@@ -257,8 +257,8 @@ def run_progress(workdir: str) -> tuple[int, int] | None:
         continue  # damaged, or deleted by the writer since it was listed
       epochs = meta.get("config", {}).get("epochs")
       try:
-        with open(os.path.join(workdir, run_config.CONFIG_FILE), encoding="utf-8") as f:
-          epochs = json.load(f).get("epochs", epochs)
+        epochs = run_config.read_json_object(
+            os.path.join(workdir, run_config.CONFIG_FILE)).get("epochs", epochs)
       except (OSError, ValueError):
         pass
       return step, int(epochs or 0) * int(meta.get("steps_per_epoch", 0))

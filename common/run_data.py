@@ -334,6 +334,10 @@ def data_files(config: ml_collections.ConfigDict) -> tuple[str | None, dict[str,
         path = os.path.join(directory, f)
         found[os.path.relpath(path, root)] = path
     return root, dict(sorted(found.items()))
+  if source == "real":
+    # The data file inside the installed package (its content is pinned too).
+    path = real_lib.source_file(name)
+    return os.path.dirname(path), {os.path.basename(path): path}
   from common.data import readers  # pylint: disable=g-import-not-at-top
   root = config.data_dir
   layout = config.layout or readers.detect_layout(config.dataset, root)

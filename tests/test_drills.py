@@ -319,7 +319,7 @@ def test_a_second_ctrl_c_exits_at_once_with_one_line(tmp_path, cache_dir):
       wait = checkpoint.Checkpointer.wait
       def slow_wait(self):
         if os.path.exists({marker!r}):
-          time.sleep(30)
+          time.sleep(120)
         return wait(self)
       checkpoint.Checkpointer.wait = slow_wait
       """, command("scbch", workdir, cache_dir))
@@ -328,7 +328,7 @@ def test_a_second_ctrl_c_exits_at_once_with_one_line(tmp_path, cache_dir):
   proc.send_signal(signal.SIGINT)
   wait_for(lambda: os.path.exists(marker), proc, "the first Ctrl-C")
   proc.send_signal(signal.SIGINT)
-  rc, out, err = finish(proc, timeout=20)  # not the 30 s wait
+  rc, out, err = finish(proc, timeout=60)  # not the 120 s wait (slack for a loaded machine)
   assert rc == 75, err
   assert err.strip() == ("interrupted (a second Ctrl-C): stopped at once, this step "
                          "not saved; re-run the same command to resume from the last "
@@ -361,10 +361,11 @@ def test_readers_beside_a_running_run_never_disturb_it(
           f"--data={items}", f"--out={ref_index}", "--progress=false"])
   launchers = {
       "encode": [sys.executable, "-m", "launch.encode", f"--workdir={workdir}",
-                 f"--data={items}", f"--out={tmp_path / 'index'}", "--progress=false"],
+                 f"--data={items}", f"--out={tmp_path / 'index'}", "--progress=false",
+                 "--overwrite"],
       "search": [sys.executable, "-m", "launch.search", f"--workdir={workdir}",
                  f"--index={ref_index}", f"--queries={items}", "--k=3",
-                 f"--out={tmp_path / 'hits.json'}"]}
+                 f"--out={tmp_path / 'hits.json'}", "--overwrite"]}
   proc = start(command("scbch", workdir, cache_dir, "--config.checkpoint_every=1"))
   wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints"))
            and steps_on_disk(workdir), proc, "a first checkpoint")
