@@ -22,7 +22,6 @@ or `nhj-sweep --sweep=studies/real_dcgmh_defaults.py --root=runs/real_dcgmh_defa
 then `python -m studies.real_dcgmh_defaults --report_only`.
 """
 
-import os
 
 from studies import real_suite
 from studies.real_suite import Setting
@@ -64,14 +63,10 @@ def report(planned, root, out):
       planned, rows, SETTINGS, REFERENCE)
   # The default became augment_whole_batch=True on this evidence: what the
   # BatchNorm quirk is worth on top of it (the same runs, another reference).
-  extra, pool = real_suite.against(
-      rows, [s for s in SETTINGS if s.name in (NEW_DEFAULT, "augment_whole_batch=True + bn_eval")],
+  return text + real_suite.append_against(
+      NAME, out, rows,
+      [s for s in SETTINGS if s.name in (NEW_DEFAULT, "augment_whole_batch=True + bn_eval")],
       "dcgmh", NEW_DEFAULT, "Against the new default (augment_whole_batch=True)")
-  with open(os.path.join(out, NAME + ".md"), "a", encoding="utf-8") as f:
-    f.write(extra)
-  with open(os.path.join(out, NAME + "_vs_new_default.csv"), "w", encoding="utf-8") as f:
-    f.write(real_suite.to_csv(pool))
-  return text + extra
 
 
 if __name__ == "__main__":

@@ -354,6 +354,19 @@ def against(rows: Sequence[dict], settings: Sequence[Setting], method: str,
   return "\n".join(lines) + "\n", pool
 
 
+def append_against(name: str, out: str, rows: Sequence[dict],
+                   settings: Sequence[Setting], method: str, reference: str,
+                   title: str) -> str:
+  """`against(...)` appended to <out>/<name>.md, its pooled rows written to
+  <out>/<name>_vs_new_default.csv; returns the markdown section."""
+  extra, pool = against(rows, settings, method, reference, title)
+  with open(os.path.join(out, name + ".md"), "a", encoding="utf-8") as f:
+    f.write(extra)
+  with open(os.path.join(out, name + "_vs_new_default.csv"), "w", encoding="utf-8") as f:
+    f.write(to_csv(pool))
+  return extra
+
+
 def write_report(name: str, out: str, title: str, intro: str,
                  all_entries: Sequence[Entry], rows: Sequence[dict],
                  settings: Sequence[Setting], reference: dict[str, str]) -> str:

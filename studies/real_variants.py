@@ -57,15 +57,11 @@ def report(planned, root, out, runs=("runs",)):
   # The variants ran with augment_whole_batch=False (the default then); the
   # new default's `full` (augment_whole_batch=True, studies/real_dcgmh_defaults.py)
   # against them, on the same seeds.
-  extra, pool = real_suite.against(
-      rows, [Setting("dcgmh", NEW_FULL, {})] + [s for s in ALL_SETTINGS if s.method == "dcgmh"],
+  return text + real_suite.append_against(
+      NAME, out, rows,
+      [Setting("dcgmh", NEW_FULL, {})] + [s for s in ALL_SETTINGS if s.method == "dcgmh"],
       "dcgmh", NEW_FULL, "DCGMH variants against the new default's full "
       "(augment_whole_batch=True)")
-  with open(os.path.join(out, NAME + ".md"), "a", encoding="utf-8") as f:
-    f.write(extra)
-  with open(os.path.join(out, NAME + "_vs_new_default.csv"), "w", encoding="utf-8") as f:
-    f.write(real_suite.to_csv(pool))
-  return text + extra
 
 
 if __name__ == "__main__":
