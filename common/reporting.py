@@ -66,9 +66,11 @@ def _drop_after(path: str, last_step: int) -> None:
   workdir_lib.atomic_write_text(path, "".join(kept))
 
 
-# OSErrors (a full disk) of tensorboardX's writer thread: kept here for the
-# writer to raise once in the main thread, instead of a thread traceback.
-_EVENT_THREAD_ERRORS: list[OSError] = []
+# OSErrors (a full disk) of tensorboardX's writer threads, kept per thread for
+# the owning writer to raise once in the main thread, instead of a thread
+# traceback. Per thread: a failing thread of one writer (or of a writer already
+# closed) must never make another writer raise.
+_THREAD_ERRORS: dict[threading.Thread, list[OSError]] = {}
 _HOOK_INSTALLED = False
 
 
@@ -79,14 +81,22 @@ def _install_event_thread_hook() -> None:
   previous = threading.excepthook
 
   def hook(args):
-    if (isinstance(args.exc_value, OSError) and args.thread is not None
-        and type(args.thread).__module__.startswith("tensorboardX")):
-      _EVENT_THREAD_ERRORS.append(args.exc_value)
-      return
+    if isinstance(args.exc_value, OSError) and args.thread is not None:
+      if args.thread in _THREAD_ERRORS:
+        _THREAD_ERRORS[args.thread].append(args.exc_value)
+        return
+      if type(args.thread).__module__.startswith("tensorboardX"):
+        return  # its writer is closed and has already reported the failure
     previous(args)
 
   threading.excepthook = hook
   _HOOK_INSTALLED = True
+
+
+def _event_thread(events) -> threading.Thread | None:
+  """The worker thread of a tensorboardX SummaryWriter (None if it has none)."""
+  file_writer = getattr(events, "file_writer", None)
+  return getattr(getattr(file_writer, "event_writer", None), "_worker", None)
 
 
 class MetricsWriter:
@@ -103,6 +113,7 @@ class MetricsWriter:
     self.enabled = is_primary
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._events = None
+    self._thread = None
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
@@ -121,6 +132,9 @@ class MetricsWriter:
           os.path.join(workdir, "tensorboard"),
           purge_step=None if resume_step is None else resume_step + 1,
           filename_suffix=f".{uuid.uuid4().hex[:8]}")
+      self._thread = _event_thread(self._events)
+      if self._thread is not None:
+        _THREAD_ERRORS[self._thread] = []
 
   def write(self, kind: str, step: int, values: Mapping[str, Any]) -> None:
     """One record: kind ("train", "epoch", "eval", ...), global step, values."""
@@ -141,14 +155,15 @@ class MetricsWriter:
         self._events.flush()
       except OSError as e:
         self._events_failed(e)
-      if _EVENT_THREAD_ERRORS:
-        self._events_failed(_EVENT_THREAD_ERRORS.pop(0))
+      errors = _THREAD_ERRORS.get(self._thread)
+      if errors:
+        self._events_failed(errors[0])
 
   def _events_failed(self, error: OSError) -> None:
     """TensorBoard events could not be written (e.g. a full disk): stop
     writing them and raise one OSError naming the folder."""
     events, self._events = self._events, None
-    _EVENT_THREAD_ERRORS.clear()
+    _THREAD_ERRORS.pop(self._thread, None)
     try:
       events.close()
     except (OSError, ValueError, AttributeError):
@@ -162,6 +177,7 @@ class MetricsWriter:
       if self._events is not None:
         events, self._events = self._events, None
         events.close()
+      _THREAD_ERRORS.pop(self._thread, None)
 
 
 class ProgressBar:

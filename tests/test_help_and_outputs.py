@@ -188,6 +188,39 @@ def test_tensorboard_disk_full_is_one_oserror_and_no_thread_traceback(
   assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_failing_tensorboard_thread_never_makes_another_writer_raise(
+    tmp_path, monkeypatch):
+  """Thread failures are kept per writer: writer A's thread failing (even after
+  A reported it) leaves writer B, opened later, writing normally."""
+  import threading
+  import time
+  from tensorboardX import record_writer
+  from common import reporting
+
+  def full(self, *data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  first = reporting.MetricsWriter(str(tmp_path / "a"))
+  assert reporting._event_thread(first._events) is not None  # pylint: disable=protected-access
+  monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+  monkeypatch.setattr(record_writer.RecordWriter, "flush", full)
+  with pytest.raises(OSError):
+    for step in range(1, 50):
+      first.write("train", step, {"loss": 1.0})
+      time.sleep(0.02)
+  first.close()
+  # A's thread may still fail once more; give it the chance.
+  time.sleep(0.2)
+  monkeypatch.undo()
+  second = reporting.MetricsWriter(str(tmp_path / "b"))
+  for step in range(1, 5):
+    second.write("train", step, {"loss": 1.0})
+  second.close()
+  assert len(reporting.read_jsonl(str(tmp_path / "b" / "metrics.jsonl"))) == 4
+  for thread in threading.enumerate():
+    if type(thread).__module__.startswith("tensorboardX"):
+      thread.join(timeout=5)
+
+
 @pytest.mark.parametrize("method", ["scbch", "dcgmh"])
 @pytest.mark.parametrize("items", [200, 1000, 4000, 200_000])
 def test_schedule_hint_for_own_data_far_from_the_preset(method, items):
