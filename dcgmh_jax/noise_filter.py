@@ -196,7 +196,8 @@ def reconstruct_labels(noisy_sim: Array, bank_sim: Array, bank_clean: Array,
                        bank_labels: Array, *, k: int = 2,
                        noisy: Array | None = None,
                        self_indices: Array | None = None,
-                       labels: Array | None = None) -> tuple[Array, Array]:
+                       labels: Array | None = None,
+                       with_source: bool = False) -> tuple[Array, ...]:
   """Label reconstruction of noisy items from their bank neighbours.
 
   For each noisy item i: the k bank rows n with the largest <s_i, bank_sim_n>
@@ -222,9 +223,12 @@ def reconstruct_labels(noisy_sim: Array, bank_sim: Array, bank_clean: Array,
     noisy: optional (B,) mask of items to reconstruct; None = all.
     self_indices: optional (B,) bank index of each batch item.
     labels: optional (B, C) observed labels of the batch items.
+    with_source: also return each row's top neighbour (B,) int32, the bank
+      row whose label a reconstructed item gets.
 
   Returns:
-    (new_labels (B, C) in bank_labels' dtype, reconstructed (B,) bool).
+    (new_labels (B, C) in bank_labels' dtype, reconstructed (B,) bool[,
+    source (B,) int32]).
   """
   chex.assert_rank([noisy_sim, bank_sim], 2,
                    custom_message="`noisy_sim`, `bank_sim`")
@@ -268,6 +272,35 @@ def reconstruct_labels(noisy_sim: Array, bank_sim: Array, bank_clean: Array,
          else jnp.asarray(bank_labels)[jnp.asarray(self_indices)])
   new_labels = jnp.where(reconstructed[:, None], first,
                          own.astype(first.dtype))
+  if with_source:
+    return new_labels, reconstructed, neighbours[:, 0].astype(jnp.int32)
+  return new_labels, reconstructed
+
+
+def reconstruct_labels_release(sim, bank_sim, bank_clean, bank_labels, truth_labels,
+                               *, k, noisy, labels, with_source: bool = False):
+  """release_compat's clean_label_reconstruction: the release's reconstruction,
+  ground-truth leak included.
+
+  For each noisy item: its k bank rows with the largest <s_i, bank_sim_n>
+  (own row NOT excluded; ties → lower index); reconstructed iff all k are
+  clean AND their CLEAN labels (truth_labels; the release's label ids) are
+  identical AND the top neighbour's observed label is non-empty; it gets
+  that observed label (the release's `train_labels[valid][0]`).
+
+  Returns:
+    (new_labels (B, C), reconstructed (B,) bool[, source (B,) int32: the top
+    neighbour, whose observed label a reconstructed item gets]).
+  """
+  neighbours = top_k_indices(sim @ bank_sim.T, k)
+  clean = truth_labels[neighbours]
+  all_clean = jnp.all(bank_clean[neighbours].astype(bool), axis=1)
+  agree = jnp.all(clean == clean[:, :1, :], axis=(1, 2))
+  first = bank_labels[neighbours[:, 0]]
+  reconstructed = noisy & all_clean & agree & jnp.any(first != 0, axis=1)
+  new_labels = jnp.where(reconstructed[:, None], first, labels.astype(first.dtype))
+  if with_source:
+    return new_labels, reconstructed, neighbours[:, 0].astype(jnp.int32)
   return new_labels, reconstructed
 
 
@@ -439,6 +472,35 @@ def filter_diagnostics(noisy_mask: Array, reconstructed_mask: Array,
       "reconstructed_correct": count(rec & equal),
       "unlabeled": count(flagged & ~rec),
   }
+
+
+def count_decisions(flags: np.ndarray, source: np.ndarray, bank_labels: np.ndarray,
+                    truth: Mapping[str, np.ndarray] | None = None) -> dict[str, int]:
+  """filter_diagnostics' counts over an epoch, on the host, from the step's
+  per-item decisions (DcgmhState.epoch_flags / epoch_source; dcgmh_jax.step).
+
+  flags: (N,) int8 bits SEEN=1, FLAGGED=2, RECONSTRUCTED=4; source: (N,) the
+  bank row whose observed label (bank_labels) a reconstructed item got.
+  truth: None, or {"corrupted": (N,) bool, "labels": (N, C) clean labels}.
+  Without the truth only items, flagged, reconstructed and unlabeled are
+  counted (the rest would be made up).
+  """
+  flags = np.asarray(flags).astype(np.int64)
+  seen = (flags & 1) > 0
+  flagged = seen & ((flags & 2) > 0)
+  rec = seen & ((flags & 4) > 0)
+  counts = {"items": int(seen.sum()), "flagged": int(flagged.sum()),
+            "reconstructed": int(rec.sum()), "unlabeled": int((flagged & ~rec).sum())}
+  if truth is None:
+    return counts
+  corrupted = seen & np.asarray(truth["corrupted"], bool)
+  rows = np.flatnonzero(rec)
+  given = np.asarray(bank_labels)[np.asarray(source)[rows]]
+  correct = np.all(given == np.asarray(truth["labels"])[rows], axis=1)
+  counts.update(corrupted=int(corrupted.sum()),
+                true_positives=int((flagged & corrupted).sum()),
+                reconstructed_correct=int(correct.sum()))
+  return counts
 
 
 def diagnostics_ratios(sums: Mapping[str, object]) -> dict[str, float]:

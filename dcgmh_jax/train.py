@@ -60,6 +60,7 @@ only its engine-variant.py does).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Hashable, Mapping
 
@@ -78,6 +79,7 @@ from common.train_loop import Quirk, active_quirks, quirk_registry
 from dcgmh_jax import augment
 from dcgmh_jax import objectives
 from dcgmh_jax import noise_filter as nf
+from dcgmh_jax import step
 from dcgmh_jax.model import DcgmhNet
 
 PyTree = Any
@@ -103,9 +105,6 @@ RELEASE_QUIRKS = quirk_registry(
           "BatchNorm running variance from the unbiased batch variance "
           "(x n/(n-1), PyTorch)", ("dcgmh",)),
 )
-DIAGNOSTIC_KEYS = ("items", "corrupted", "flagged", "true_positives", "reconstructed",
-                   "reconstructed_correct", "unlabeled")
-
 
 NOISE_RATIO_ESTIMATORS = ("margin", "batch_ema")
 
@@ -176,8 +175,10 @@ class DcgmhState:
   """Everything a step changes, as one pytree (checkpointed as a whole).
 
   bank_labels are the observed (noisy) training labels the reconstruction
-  votes with; diagnostics are this epoch's filter counts (reset at an epoch's
-  first step; only meaningful where the truth is known). bank_truth: the
+  votes with. epoch_flags (N,) int8 and epoch_source (N,) int32 are this
+  robust epoch's per-item decisions (dcgmh_jax.step.record_decisions; reset
+  at the epoch's first step), judged against the truth on the host
+  (epoch_summary). bank_truth: the
   CLEAN training labels (N, C), only with release_compat's
   clean_label_reconstruction (else None, no leaf): device state like the
   bank, never a constant baked into the compiled step.
@@ -192,8 +193,32 @@ class DcgmhState:
   bank_clean: jax.Array
   bank_labels: jax.Array
   noise_ratio_estimate: jax.Array
-  diagnostics: dict
+  epoch_flags: jax.Array
+  epoch_source: jax.Array
   bank_truth: jax.Array | None = None
+
+
+def step_options(config: ml_collections.ConfigDict, variant: objectives.Variant,
+                 quirks: frozenset[str], noise_ratio: float | None) -> step.StepOptions:
+  """The step's static choices (dcgmh_jax.step.StepOptions), resolved once."""
+  tau = "known" if noise_ratio is not None else config.noise_ratio_estimator
+  noise_ratio_max = float(config.get("noise_ratio_max", 0.5))
+  # release_compat's augment_unlabeled_only: the release's pass on U only,
+  # whatever augment_whole_batch says.
+  whole_batch = (bool(config.get("augment_whole_batch", False))
+                 and "augment_unlabeled_only" not in quirks)
+  return step.StepOptions(
+      tau=tau, noise_ratio=noise_ratio,
+      # The U buffer holds ⌊noise_ratio_max·B⌋ rows: an estimated τ may not exceed it.
+      ratio_cap=(noise_ratio_max if tau != "known" and not whole_batch
+                 and variant.augmented_pass else None),
+      buffer_ratio=noise_ratio_max if noise_ratio is None else noise_ratio,
+      whole_batch=whole_batch,
+      release_reconstruction="clean_label_reconstruction" in quirks,
+      bn_eval_from_epoch=(RELEASE_FIRST_EVAL_EPOCH if "bn_eval_after_first_eval" in quirks
+                          else None),
+      k=config.k, refresh_clean=config.refresh_clean,
+      estimate_momentum=config.estimate_momentum)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -210,10 +235,6 @@ def learning_rate(config, epoch: jax.Array) -> jax.Array:
   """lr · factor^⌊epoch / every⌋ (torch StepLR stepped once per epoch)."""
   return config.lr * jnp.power(jnp.float32(config.lr_decay_factor),
                                (epoch // config.lr_decay_every).astype(jnp.float32))
-
-
-def _zero_diagnostics() -> dict:
-  return {k: jnp.zeros((), jnp.int32) for k in DIAGNOSTIC_KEYS}
 
 
 class DcgmhMethod:
@@ -233,7 +254,8 @@ class DcgmhMethod:
   def __init__(self, config: ml_collections.ConfigDict, *, image_dim: int,
                text_dim: int, train_labels: np.ndarray,
                noise_ratio: float | None, true_noise_ratio: float | None = None,
-               train_truth_labels: np.ndarray | None = None):
+               train_truth_labels: np.ndarray | None = None,
+               quirks: frozenset[str] | None = None):
     """
     Args:
       config: the run config (configs/dcgmh.py keys).
@@ -246,21 +268,19 @@ class DcgmhMethod:
       train_truth_labels: the CLEAN training labels (N, C); used only by
         release_compat's clean_label_reconstruction, which refuses to run
         without them.
+      quirks: the names of the run's active release quirks (None: resolved
+        from config.release_compat).
     """
     self.config = ml_collections.FrozenConfigDict(config)
     self.variant = objectives.VARIANTS[config.variant]
     num_classes = int(np.shape(train_labels)[1])
     # release_compat: the active quirks of the DCGMH release (names).
-    self.quirks = frozenset(active_quirks(config, "dcgmh"))
-    # release_compat's augment_unlabeled_only: the release's pass on U only,
-    # whatever augment_whole_batch says.
-    self.whole_batch = (bool(config.get("augment_whole_batch", False))
-                        and "augment_unlabeled_only" not in self.quirks)
-    self.noise_ratio_max = float(config.get("noise_ratio_max", 0.5))
+    self.quirks = frozenset(active_quirks(config, "dcgmh") if quirks is None else quirks)
+    self.options = step_options(config, self.variant, self.quirks, noise_ratio)
     self.compute_dtype = jnp.dtype(config.get("compute_dtype", "float32"))
     self.param_dtype = jnp.dtype(config.get("param_dtype", "float32"))
     self.train_truth = None
-    if "clean_label_reconstruction" in self.quirks:
+    if self.options.release_reconstruction:
       if train_truth_labels is None:
         raise ConfigError(
             f"config.release_compat={config.get('release_compat')!r}: the DCGMH "
@@ -287,9 +307,6 @@ class DcgmhMethod:
     self.train_labels = np.asarray(train_labels, np.float32)
     self.noise_ratio = noise_ratio
     self.true_noise_ratio = true_noise_ratio
-    # τ unknown and estimated per epoch from all items' label margins.
-    self.epoch_estimate = (noise_ratio is None
-                           and config.noise_ratio_estimator == "margin")
     # Values the run resolved from config and data (recorded with the config).
     self.resolved = {"noise_ratio": "auto" if noise_ratio is None else noise_ratio,
                      "fused": config.fused or 128 * config.bits}
@@ -307,8 +324,8 @@ class DcgmhMethod:
         init_key, jnp.zeros((2, self.image_dim), jnp.float32),
         jnp.zeros((2, self.text_dim), jnp.float32), train=False)
     params = variables["params"]
-    bank_sim, bank_clean = nf.init_bank(train_labels.shape[0], self.num_classes,
-                                        key=bank_key)
+    num_items = train_labels.shape[0]
+    bank_sim, bank_clean = nf.init_bank(num_items, self.num_classes, key=bank_key)
     start_ratio = self.noise_ratio if self.noise_ratio is not None else 0.0
     return DcgmhState(
         params=params, batch_stats=variables["batch_stats"],
@@ -316,7 +333,8 @@ class DcgmhMethod:
         bank_sim=bank_sim, bank_clean=bank_clean,
         bank_labels=train_labels,
         noise_ratio_estimate=jnp.asarray(start_ratio, jnp.float32),
-        diagnostics=_zero_diagnostics(), bank_truth=train_truth)
+        epoch_flags=jnp.zeros((num_items,), jnp.int8),
+        epoch_source=jnp.full((num_items,), -1, jnp.int32), bank_truth=train_truth)
 
   def init_state(self) -> DcgmhState:
     """The initial state, built by one compiled program."""
@@ -327,168 +345,66 @@ class DcgmhMethod:
   def step_body(self, state: DcgmhState, batch: Mapping[str, jax.Array],
                 extras: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
                 *, phase: Hashable):
-    """Per-device step (runs under pmap or shard_map; see common.parallel)."""
-    cfg, variant = self.config, self.variant
-    robust = phase == "robust"
-    key = jax.random.fold_in(state.rng, state.step)
-    image_key, text_key = jax.random.split(key)
-    local = batch["image"].shape[0]
-    row_ids = parallel.row_offset(local) + jnp.arange(local)
+    """Per-device step (runs under pmap or shard_map; see common.parallel);
+    the pieces are dcgmh_jax.step's."""
+    del extras
+    opts, variant, robust = self.options, self.variant, phase == "robust"
+    keys = tuple(jax.random.split(jax.random.fold_in(state.rng, state.step)))
     labels_all = parallel.gather_rows(batch["labels"])
     index_all = parallel.gather_rows(batch["index"])
-    # release_compat's bn_eval_after_first_eval: BN in inference mode after the
-    # release's first evaluation, as a traced flag (one program for every epoch).
-    bn_train = (context["epoch"] < RELEASE_FIRST_EVAL_EPOCH
-                if "bn_eval_after_first_eval" in self.quirks else True)
+    bn_train = step.bn_training(opts, context["epoch"])
 
     def share(params):
-      h, mutated = self.model.apply(
-          {"params": params, "batch_stats": state.batch_stats},
-          batch["image"], batch["text"], train=bn_train, mutable=["batch_stats"])
-      h = h.astype(jnp.float32)
-      centers = params["centers"].astype(jnp.float32)
-      h_all = parallel.gather_rows(h)
-      sim = jax.lax.stop_gradient(
-          nf.center_similarity(jax.lax.stop_gradient(h_all), centers))
-      scores = nf.consistency_scores(sim, labels_all)
-      aux = {"batch_stats": mutated["batch_stats"], "scores": scores}
+      fwd, stats = step.forward(self.model, params, state.batch_stats, batch,
+                                labels_all, bn_train=bn_train)
+      ratio, estimate = step.choose_noise_ratio(
+          opts, estimate=state.noise_ratio_estimate, scores=fwd.scores,
+          step=state.step, context=context, robust=robust)
+      terms = objectives.Terms(fwd.h, fwd.centers, labels_all)
       if not robust:
-        total, aux["parts"] = objectives.warmup_objective(h_all, centers, labels_all,
-                                                          cfg, variant)
-        return parallel.local_share(total), aux
-
-      if self.noise_ratio is not None:
-        ratio = jnp.asarray(self.noise_ratio, jnp.float32)
-      elif self.epoch_estimate:  # this epoch's estimate, one value on every row
-        ratio = jax.lax.pmax(jnp.max(extras["noise_ratio"]), parallel.AXIS)
-      else:
-        ratio = state.noise_ratio_estimate
-      if self.noise_ratio is None and not self.whole_batch and variant.unsup:
-        # The buffer holds ⌊noise_ratio_max·B⌋ rows: the flagged count may not exceed it.
-        ratio = jnp.minimum(ratio, jnp.float32(self.noise_ratio_max))
-      noisy = nf.flag_noisy(scores, ratio)
-      # The filter's inputs are equal on every device; typed as replicated
-      # (B rows, bit-exact), the N-row bank update below is replicated too and
-      # is computed once, with no N-row collective.
-      sim_r, noisy_r, index_r = parallel.as_replicated((sim, noisy, index_all))
-      bank_sim, bank_clean = nf.update_bank(
-          state.bank_sim, state.bank_clean, index_r, sim_r, noisy_r,
-          refresh_clean=cfg.refresh_clean)
-      if variant.reconstruction and "clean_label_reconstruction" in self.quirks:
-        new_labels, reconstructed = reconstruct_labels_release(
-            sim_r, bank_sim, bank_clean, state.bank_labels, state.bank_truth,
-            k=cfg.k, noisy=noisy_r, labels=labels_all)
-      elif variant.reconstruction:
-        new_labels, reconstructed = nf.reconstruct_labels(
-            sim_r, bank_sim, bank_clean, state.bank_labels, k=cfg.k, noisy=noisy_r,
-            self_indices=index_r, labels=labels_all)
-      else:
-        new_labels, reconstructed = labels_all, jnp.zeros_like(noisy_r)
-      h_aug_all = unsup_rows = None
-      if variant.unsup and not self.whole_batch:
-        unlabeled = noisy & ~reconstructed
-        unsup_rows, mutated = self._augmented_buffer(
-            params, mutated["batch_stats"], batch, unlabeled, h_all,
-            (image_key, text_key), bn_train)
-      elif variant.unsup:
-        image_aug = augment.augment_image(batch["image"], image_key, row_ids=row_ids,
-                                          axis_name=parallel.AXIS)
-        text_aug = augment.augment_text(batch["text"], text_key, row_ids=row_ids,
-                                        axis_name=parallel.AXIS)
-        h_aug, mutated = self.model.apply(
-            {"params": params, "batch_stats": mutated["batch_stats"]},
-            image_aug, text_aug, train=True, mutable=["batch_stats"])
-        h_aug_all = parallel.gather_rows(h_aug.astype(jnp.float32))
-      total, parts = objectives.robust_objective(
-          h_all, h_aug_all, centers, labels_all, noisy, reconstructed, new_labels,
-          cfg, variant, unsup_rows=unsup_rows)
-      aux.update(batch_stats=mutated["batch_stats"], parts=parts, noisy=noisy_r,
-                 reconstructed=reconstructed, new_labels=new_labels, ratio=ratio,
-                 bank=(bank_sim, bank_clean))
-      return parallel.local_share(total), aux
+        loss, parts = variant.objective(terms, self.config)
+        return loss, {"batch_stats": stats, "parts": parts, "estimate": estimate}
+      out = step.filter_and_reconstruct(
+          opts, fwd, ratio, bank_sim=state.bank_sim, bank_clean=state.bank_clean,
+          bank_labels=state.bank_labels, bank_truth=state.bank_truth,
+          index_all=index_all, labels_all=labels_all,
+          reconstruction=variant.reconstruction)
+      unsup = None
+      if variant.augmented_pass:
+        unsup, stats = step.augmented_pass(
+            opts, self.model, params, stats, batch, fwd.h,
+            out.noisy & ~out.reconstructed, keys, bn_train=bn_train)
+      loss, parts = variant.objective(dataclasses.replace(
+          terms, noisy=out.noisy, reconstructed=out.reconstructed,
+          new_labels=out.new_labels, unsup=unsup), self.config)
+      return loss, {"batch_stats": stats, "parts": parts, "estimate": estimate,
+                    "ratio": ratio, "decisions": out}
 
     loss, aux, grads = parallel.global_value_and_grad(share, state.params, has_aux=True)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    lr = learning_rate(cfg, context["epoch"])
-    params = optax.apply_updates(state.params,
-                                 jax.tree.map(lambda u: -lr * u, updates))
-    bank = aux.pop("bank", None)  # already replicated
+    lr = learning_rate(self.config, context["epoch"])
+    params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+    out = aux.pop("decisions", None)  # already replicated
     # Computed identically on every device from gathered inputs; as_replicated
     # makes that visible to shard_map (bit-exact, and small arrays only).
     aux = parallel.as_replicated(aux)
-    if self.epoch_estimate:  # set once per robust epoch (epoch_extras)
-      new_estimate = aux["ratio"] if robust else state.noise_ratio_estimate
-    else:
-      estimate = nf.estimate_noise_ratio(aux["scores"])
-      new_estimate = jnp.where(
-          state.step == 0, estimate,
-          cfg.estimate_momentum * state.noise_ratio_estimate
-          + (1 - cfg.estimate_momentum) * estimate)
-    # The loop passes the position in: counts restart at each epoch's first step.
-    diagnostics = jax.tree.map(lambda d: jnp.where(context["step_in_epoch"] == 0, 0, d),
-                               state.diagnostics)
-    metrics = {"loss": loss, "noise_ratio_estimate": new_estimate, "lr": lr,
+    metrics = {"loss": loss, "noise_ratio_estimate": aux["estimate"], "lr": lr,
                **aux["parts"]}
     new_state = state.replace(params=params, batch_stats=aux["batch_stats"],
                               opt_state=opt_state, step=state.step + 1,
-                              noise_ratio_estimate=new_estimate)
-    if robust:
-      truth_corrupted = batch.get("truth_corrupted")
-      truth_labels = batch.get("truth_labels")
-      if truth_corrupted is not None:
-        truth_corrupted, truth_labels = parallel.as_replicated(
-            (parallel.gather_rows(truth_corrupted), parallel.gather_rows(truth_labels)))
-      else:  # the truth is unknown: the counts that need it are dropped on the host
-        truth_corrupted = jnp.zeros_like(aux["noisy"])
-        truth_labels = aux["new_labels"]
-      counts = nf.filter_diagnostics(aux["noisy"], aux["reconstructed"],
-                                     aux["new_labels"], truth_corrupted, truth_labels)
-      diagnostics = {k: diagnostics[k] + counts[k] for k in DIAGNOSTIC_KEYS}
-      metrics.update(noise_ratio_used=aux["ratio"],
-                     flagged=counts["flagged"].astype(jnp.float32),
-                     reconstructed=counts["reconstructed"].astype(jnp.float32),
-                     unlabeled=counts["unlabeled"].astype(jnp.float32))
-      new_state = new_state.replace(bank_sim=bank[0], bank_clean=bank[1])
-    return new_state.replace(diagnostics=diagnostics), metrics
+                              noise_ratio_estimate=aux["estimate"])
+    if not robust:
+      return new_state, metrics
+    flags, source = step.record_decisions(state.epoch_flags, state.epoch_source, out,
+                                          context["step_in_epoch"])
+    metrics.update(noise_ratio_used=aux["ratio"], **step.decision_counts(out))
+    return new_state.replace(bank_sim=out.bank_sim, bank_clean=out.bank_clean,
+                             epoch_flags=flags, epoch_source=source), metrics
 
   def buffer_rows(self, batch: int) -> int:
     """Static rows of the augmented buffer for a global batch of `batch` items:
     ⌊τ·B⌋ (τ known) or ⌊noise_ratio_max·B⌋ (τ estimated)."""
-    ratio = self.noise_ratio_max if self.noise_ratio is None else self.noise_ratio
-    with jax.ensure_compile_time_eval():
-      return int(nf.noisy_count(ratio, batch))
-
-  def _augmented_buffer(self, params, batch_stats, batch, unlabeled, h_all, keys,
-                        bn_train):
-    """The augmented pass on U only (see the module docstring).
-
-    Returns ((h_aug, h, valid) over the buffer's rows, every device the
-    same; mutated variables). Row randomness is keyed by the item's global
-    batch position, so a row's augmentation equals the whole-batch path's
-    except for the contrast mean (over U here).
-    """
-    batch_size = unlabeled.shape[0]
-    devices = batch_size // batch["image"].shape[0]
-    per_device = -(-self.buffer_rows(batch_size) // devices)
-    if per_device == 0:  # ⌊τ·B⌋ = 0: U is always empty, L_unsup = 0
-      empty = jnp.zeros((0, h_all.shape[1]), jnp.float32)
-      return (empty, empty, jnp.zeros((0,), bool)), {"batch_stats": batch_stats}
-    rows = per_device * devices
-    order = jnp.argsort(jnp.logical_not(unlabeled), stable=True)[:rows]
-    valid = jnp.arange(rows) < unlabeled.sum()
-    start = jax.lax.axis_index(parallel.AXIS) * per_device
-    mine = jax.lax.dynamic_slice(order, (start,), (per_device,))
-    mine_valid = jax.lax.dynamic_slice(valid, (start,), (per_device,))
-    image = parallel.gather_rows(batch["image"])[mine]
-    text = parallel.gather_rows(batch["text"])[mine]
-    image_aug = augment.augment_image(image, keys[0], row_ids=mine,
-                                      axis_name=parallel.AXIS, mean_mask=mine_valid)
-    text_aug = augment.augment_text(text, keys[1], row_ids=mine)
-    h_aug, mutated = self.model.apply(
-        {"params": params, "batch_stats": batch_stats}, image_aug, text_aug,
-        train=bn_train, mask=mine_valid, mutable=["batch_stats"])
-    h_aug = parallel.gather_rows(h_aug.astype(jnp.float32))
-    return (h_aug, h_all[order], valid), mutated
+    return step.buffer_rows(self.options, batch)
 
   def phase(self, epoch: int) -> Hashable:
     if not self.variant.filter or epoch < self.config.warmup_epochs:
@@ -500,10 +416,10 @@ class DcgmhMethod:
   def epoch_extras(self, state: DcgmhState, epoch: int,
                    train: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """With τ estimated per epoch: τ̂ from every training item's label margin
-    under the current model (noise_filter.margin_noise_ratio), as a per-item
-    column of equal values (the loop indexes extras by batch rows). Each
-    process encodes its share of the items; the margins are exchanged."""
-    if not self.epoch_estimate or self.phase(epoch) != "robust":
+    under the current model (noise_filter.margin_noise_ratio), a scalar (the
+    step reads it as context["noise_ratio"]). Each process encodes its share
+    of the items; the margins are exchanged."""
+    if self.options.tau != "margin" or self.phase(epoch) != "robust":
       return {}
     n = len(train["labels"])
     start, stop = parallel.process_rows(n)
@@ -517,27 +433,30 @@ class DcgmhMethod:
     margins = nf.label_margins(sim, jnp.asarray(train["labels"][start:stop]))
     margins = parallel.gather_process_rows(np.asarray(margins), n)
     ratio = nf.noise_ratio_from_margins(margins, threshold=self.config.noise_ratio_margin)
-    return {"noise_ratio": np.full(n, float(ratio), np.float32)}
+    return {"noise_ratio": np.float32(ratio)}
 
   def epoch_summary(self, state: DcgmhState, epoch: int,
                     extras: Mapping[str, np.ndarray],
-                    train: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str]:
-    truth_known = "truth_corrupted" in train
+                    train: Mapping[str, np.ndarray],
+                    truth: Mapping[str, np.ndarray] | None = None
+                    ) -> tuple[dict[str, Any], str]:
+    """The epoch's filter diagnostics, judged against `truth` on the host
+    (None: the counts that need it are omitted, not faked)."""
     summary = {"phase": self.phase(epoch),
                "noise_ratio_estimate": float(state.noise_ratio_estimate),
                "bank_clean_fraction": float(np.mean(np.asarray(state.bank_clean)))}
-    truth = self.true_noise_ratio
-    if truth is not None:
-      summary["noise_ratio_true"] = truth
+    true_ratio = self.true_noise_ratio
+    if true_ratio is not None:
+      summary["noise_ratio_true"] = true_ratio
     line = (f"{summary['phase']}; tau estimate {summary['noise_ratio_estimate']:.3f}"
-            + (f" (true {truth:.3f})" if truth is not None else "")
+            + (f" (true {true_ratio:.3f})" if true_ratio is not None else "")
             + f"; bank clean {summary['bank_clean_fraction']:.3f}")
     if summary["phase"] == "robust":
-      sums = {k: int(v) for k, v in parallel.fetch(state.diagnostics).items()}
-      if not truth_known:  # precision/recall need the truth: omitted, not faked
-        sums = {k: sums[k] for k in ("items", "flagged", "reconstructed", "unlabeled")}
+      flags, source, labels = parallel.fetch(
+          (state.epoch_flags, state.epoch_source, state.bank_labels))
+      sums = nf.count_decisions(flags, source, labels, truth)
       summary["filter_counts"] = sums
-      if truth_known and sums["items"] and sums["corrupted"] + sums["flagged"] > 0:
+      if truth is not None and sums["items"] and sums["corrupted"] + sums["flagged"] > 0:
         f = summary["filter"] = nf.diagnostics_ratios(sums)
         line += (f"; filter precision {f['precision']:.3f} recall {f['recall']:.3f}, "
                  f"reconstructed {f['reconstructed_fraction']:.3f} of flagged "
@@ -555,30 +474,6 @@ class DcgmhMethod:
         lambda b: self._encode(variables, b["image"], b["text"]),
         {"image": image, "text": text}, self.config.eval_batch_size)
     return {"fused": np.asarray(to_codes(h), np.int8)}
-
-
-def reconstruct_labels_release(sim, bank_sim, bank_clean, bank_labels, truth_labels,
-                               *, k, noisy, labels):
-  """release_compat's clean_label_reconstruction: the release's reconstruction,
-  ground-truth leak included.
-
-  For each noisy item: its k bank rows with the largest <s_i, bank_sim_n>
-  (own row NOT excluded; ties → lower index); reconstructed iff all k are
-  clean AND their CLEAN labels (truth_labels; the release's label ids) are
-  identical AND the top neighbour's observed label is non-empty; it gets
-  that observed label (the release's `train_labels[valid][0]`).
-
-  Returns:
-    (new_labels (B, C), reconstructed (B,) bool).
-  """
-  neighbours = nf.top_k_indices(sim @ bank_sim.T, k)
-  clean = truth_labels[neighbours]
-  all_clean = jnp.all(bank_clean[neighbours].astype(bool), axis=1)
-  agree = jnp.all(clean == clean[:, :1, :], axis=(1, 2))
-  first = bank_labels[neighbours[:, 0]]
-  reconstructed = noisy & all_clean & agree & jnp.any(first != 0, axis=1)
-  return (jnp.where(reconstructed[:, None], first, labels.astype(first.dtype)),
-          reconstructed)
 
 
 def build(config: ml_collections.ConfigDict, data) -> DcgmhMethod:
