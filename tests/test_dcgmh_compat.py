@@ -16,9 +16,11 @@ from common import parallel
 from common.run_config import ConfigError
 from configs import dcgmh as dcgmh_configs
 from dcgmh_jax import model as model_lib
+from dcgmh_jax import noise_filter as nf
 from dcgmh_jax import objectives
 from dcgmh_jax import train as train_lib
 from dcgmh_jax.train import DcgmhMethod
+from test_dcgmh_variants import global_objective
 
 B, N, D_IMG, D_TXT, C = 16, 48, 12, 10, 4
 
@@ -77,11 +79,11 @@ def test_refused_without_the_truth_and_labelled_as_a_leak():
     for whole in (True, False):
       config = _config(release_compat=value, augment_whole_batch=whole)
       train_lib.check_config(config)
-      assert not _method(release_compat=value, augment_whole_batch=whole).whole_batch
+      assert not _method(release_compat=value, augment_whole_batch=whole).options.whole_batch
   for whole in (True, False):
     assert _method(release_compat="bn_eval_after_first_eval",
-                   augment_whole_batch=whole).whole_batch == whole
-    assert _method(augment_whole_batch=whole).whole_batch == whole
+                   augment_whole_batch=whole).options.whole_batch == whole
+    assert _method(augment_whole_batch=whole).options.whole_batch == whole
 
 
 @pytest.mark.parametrize("epoch", [4, 5, 9])
@@ -107,8 +109,8 @@ def test_a_batchnorm_in_inference_mode_from_epoch_5(epoch):
   def loss_fn(params):
     h = method.eval_model.apply({"params": params, "batch_stats": state.batch_stats},
                                 batch["image"], batch["text"], train=False)
-    return objectives.warmup_objective(h, params["centers"], batch["labels"], cfg,
-                                       method.variant)[0]
+    return global_objective(method.variant.objective,
+                            objectives.Terms(h, params["centers"], batch["labels"]), cfg)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   lr = train_lib.learning_rate(cfg, jnp.int32(epoch))
@@ -147,7 +149,7 @@ def test_c_reconstruction_compares_clean_labels_like_the_release():
   sim = rng.normal(size=(batch, classes)).astype(np.float32)
   noisy = rng.random(batch) < 0.6
   own = observed[:batch]
-  new, rec = train_lib.reconstruct_labels_release(
+  new, rec = nf.reconstruct_labels_release(
       jnp.asarray(sim), jnp.asarray(bank_sim), jnp.asarray(bank_clean),
       jnp.asarray(observed), jnp.asarray(clean), k=2, noisy=jnp.asarray(noisy),
       labels=jnp.asarray(own))
@@ -164,10 +166,10 @@ def test_c_reconstruction_runs_as_a_top_k_not_a_full_sort_of_the_bank():
   batch, items, classes = 8, 512, 5
   zeros = jnp.zeros((items, classes))
   cases = {
-      "release": functools.partial(train_lib.reconstruct_labels_release, k=2,
+      "release": functools.partial(nf.reconstruct_labels_release, k=2,
                                    noisy=jnp.ones(batch, bool),
                                    labels=jnp.zeros((batch, classes))),
-      "default": lambda s, bs, bc, bl, _: train_lib.nf.reconstruct_labels(
+      "default": lambda s, bs, bc, bl, _: nf.reconstruct_labels(
           s, bs, bc, bl, k=2, self_indices=jnp.arange(batch)),
   }
   for name, fn in cases.items():

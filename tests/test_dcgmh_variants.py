@@ -2,10 +2,15 @@
 references of tests/test_dcgmh_losses.py; the phase schedule and the step of
 every variant (finite, no more compilations than full)."""
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
+from common import parallel
 from configs import dcgmh as dcgmh_configs
 from dcgmh_jax import objectives
 from test_dcgmh_losses import (ref_center_loss, ref_pair, ref_quantization,
@@ -31,44 +36,83 @@ def _inputs(seed, batch=9, classes=4, bits=6):
   return h, h_aug, centers, labels, noisy, reconstructed, new_labels
 
 
-def _reference(variant, h, h_aug, centers, labels, noisy, reconstructed, new_labels,
+def _reference(name, h, h_aug, centers, labels, noisy, reconstructed, new_labels,
                robust):
+  """The variant's GLOBAL loss, written from its formula (module docstring)."""
   c = CONFIG
-  base = (c.alpha * ref_quantization(h) if variant.quantization else 0.0) + (
-      c.gamma * ref_separation(centers) if variant.separation else 0.0)
+  quantization = name != "center_only"
+  separation = name not in ("no_separation", "center_only")
+  unsup = name not in ("no_unsup", "center_only")
+  base = (c.alpha * ref_quantization(h) if quantization else 0.0) + (
+      c.gamma * ref_separation(centers) if separation else 0.0)
   if not robust:
     return ref_center_loss(h, centers, labels) + base
-  if not variant.reconstruction:
+  if name == "no_reconstruction":
     reconstructed = np.zeros_like(reconstructed)
   unlabeled = noisy & ~reconstructed
   total = ref_center_loss(h, centers, labels, mask=~noisy) + base
   total += c.eta * ref_pair(h, new_labels, reconstructed)
-  if variant.unsup:
+  if unsup:
     total += c.beta * ref_unsup(h_aug, h, unlabeled, c.margin)
   return total
 
 
+def global_objective(objective, terms, config, devices=1, *, parts=False):
+  """Σ over `devices` devices of the objective's shares (the driver's sum),
+  every device given the same global-batch terms."""
+  mesh = parallel.make_mesh(jax.devices()[:devices])
+
+  def body(*fields):
+    share, got = objective(objectives.Terms(*fields), config)
+    total = jax.lax.psum(share, parallel.AXIS)
+    # (parts: the values, not differentiable; the total alone is.)
+    return (total, parallel.as_replicated(got)) if parts else total
+
+  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P(), out_specs=P()))(
+      *dataclasses.astuple(terms))
+
+
 @pytest.mark.parametrize("name", sorted(objectives.VARIANTS))
-@pytest.mark.parametrize("seed", [0, 1])
-def test_objectives_equal_their_formulas(name, seed):
+@pytest.mark.parametrize("seed,devices", [(0, 1), (1, 4)])
+def test_objectives_equal_their_formulas(name, seed, devices):
+  """Each variant's shares over D devices sum to its global loss (the
+  convention of common.parallel), in both phases."""
   variant = objectives.VARIANTS[name]
   h, h_aug, centers, labels, noisy, rec, new_labels = _inputs(seed)
-  got, _ = objectives.warmup_objective(jnp.asarray(h), jnp.asarray(centers),
-                                       jnp.asarray(labels), CONFIG, variant)
-  want = _reference(variant, h, h_aug, centers, labels, noisy, rec, new_labels, False)
+  terms = objectives.Terms(jnp.asarray(h), jnp.asarray(centers), jnp.asarray(labels))
+  got, parts = global_objective(variant.objective, terms, CONFIG, devices, parts=True)
+  want = _reference(name, h, h_aug, centers, labels, noisy, rec, new_labels, False)
   np.testing.assert_allclose(float(got), want, rtol=1e-5, atol=1e-6)
+  assert set(parts) == {"center"}
   if not variant.filter:
     return  # never robust
-  if not variant.reconstruction:
-    rec_in, new_in = np.zeros_like(rec), labels
-  else:
-    rec_in, new_in = rec, new_labels
-  got, _ = objectives.robust_objective(
-      jnp.asarray(h), jnp.asarray(h_aug) if variant.unsup else None,
-      jnp.asarray(centers), jnp.asarray(labels), jnp.asarray(noisy),
-      jnp.asarray(rec_in), jnp.asarray(new_in), CONFIG, variant)
-  want = _reference(variant, h, h_aug, centers, labels, noisy, rec, new_labels, True)
+  rec_in = rec if variant.reconstruction else np.zeros_like(rec)
+  new_in = new_labels if variant.reconstruction else labels
+  unsup = ((jnp.asarray(h_aug), jnp.asarray(h), jnp.asarray(noisy & ~rec_in))
+           if variant.augmented_pass else None)
+  terms = dataclasses.replace(terms, noisy=jnp.asarray(noisy),
+                              reconstructed=jnp.asarray(rec_in),
+                              new_labels=jnp.asarray(new_in), unsup=unsup)
+  got, parts = global_objective(variant.objective, terms, CONFIG, devices, parts=True)
+  want = _reference(name, h, h_aug, centers, labels, noisy, rec, new_labels, True)
   np.testing.assert_allclose(float(got), want, rtol=1e-5, atol=1e-6)
+  assert set(parts) == {"center", "pair"} | ({"unsup"} if variant.augmented_pass else set())
+
+
+def test_variants_declare_what_their_objective_needs():
+  """An objective that uses L_unsup has the augmented pass declared (it reads
+  Terms.unsup); one that does not is never given it (None)."""
+  _, h_aug, *_ = _inputs(0)
+  h, _, centers, labels, noisy, rec, new_labels = _inputs(0)
+  for name, variant in objectives.VARIANTS.items():
+    terms = objectives.Terms(jnp.asarray(h), jnp.asarray(centers), jnp.asarray(labels),
+                             noisy=jnp.asarray(noisy), reconstructed=jnp.asarray(rec),
+                             new_labels=jnp.asarray(new_labels), unsup=None)
+    if variant.filter and not variant.augmented_pass:
+      global_objective(variant.objective, terms, CONFIG)  # runs without the pass
+    elif variant.filter:
+      with pytest.raises(TypeError):
+        global_objective(variant.objective, terms, CONFIG)
 
 
 def test_phase_schedules_never_exceed_full():
@@ -87,5 +131,5 @@ def test_structurally_different_variants_step_with_finite_loss(name):
   phases = tuple(dict.fromkeys(method.phase(e) for e in range(2)))
   _, hist = test_dcgmh_train._run(method, "shard_map", 2, phases=phases)
   assert all(np.isfinite(h["loss"]) for h in hist)
-  if name == "no_unsup":
-    assert "unsup" not in hist[1]
+  if name in ("no_unsup", "center_only"):
+    assert all("unsup" not in h for h in hist)

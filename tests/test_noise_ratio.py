@@ -53,7 +53,7 @@ def test_dcgmh_uses_the_epoch_margin_estimate_when_tau_is_unknown():
   from common import parallel
   import jax
   method = t._method(noise_ratio=None)          # warmup_epochs=1: epoch 1 is robust
-  assert method.epoch_estimate
+  assert method.options.tau == "margin"
   rng = np.random.default_rng(3)
   train = {"image": rng.normal(size=(t.N, t.D_IMG)).astype(np.float32),
            "text": rng.poisson(1.0, size=(t.N, t.D_TXT)).astype(np.float32),
@@ -68,16 +68,18 @@ def test_dcgmh_uses_the_epoch_margin_estimate_when_tau_is_unknown():
   sim = (h / np.linalg.norm(h, axis=1, keepdims=True)) @ (
       c / np.linalg.norm(c, axis=1, keepdims=True)).T
   want = np.mean(ref_margins(sim, train["labels"]) < -method.config.noise_ratio_margin)
+  # One scalar per epoch (the loop passes it to the step's context).
+  assert np.shape(extras["noise_ratio"]) == () and extras["noise_ratio"].dtype == np.float32
   np.testing.assert_allclose(extras["noise_ratio"], want, atol=1.5 / t.N)
   dp = parallel.DataParallel(method.step_body, mesh=parallel.make_mesh(jax.devices()[:2]),
                              max_phases=2)
   batch = next(t._batches(method, 1))
-  rows = {"noise_ratio": extras["noise_ratio"][batch["index"]]}
-  _, metrics = dp.step(dp.put_state(state), dp.put_rows(batch), dp.put_rows(rows),
-                       {"epoch": 1, "step_in_epoch": 0}, "robust")
+  _, metrics = dp.step(dp.put_state(state), dp.put_rows(batch), dp.put_rows({}),
+                       {"epoch": 1, "step_in_epoch": 0, **extras}, "robust")
   # The unlabeled-only pass caps τ at its static buffer (noise_ratio_max·B
   # rows); the whole-batch pass (the default) uses the estimate as it is.
-  used = float(extras["noise_ratio"][0])
+  used = float(extras["noise_ratio"])
   if not method.config.augment_whole_batch:
-    used = min(used, method.noise_ratio_max)
+    used = min(used, method.config.noise_ratio_max)
   assert float(metrics["noise_ratio_used"]) == pytest.approx(used)
+  assert float(metrics["noise_ratio_estimate"]) == pytest.approx(used)
