@@ -38,10 +38,16 @@ MAY_DIFFER_ON_RESUME = ("epochs", "eval_every", "checkpoint_every", "keep",
 
 # What config.json and each checkpoint's record say about their own format:
 # 1 (no "config_version" key): before data fingerprints and absolute paths;
-# 2: "data_files" fingerprints, absolute paths.
-SCHEMA_VERSION = 2
+# 2: "data_files" fingerprints, absolute paths;
+# 3: DCGMH's checkpointed state holds the epoch's per-item filter decisions
+#    (epoch_flags, epoch_source) instead of in-step diagnostics counts, and its
+#    per-epoch tau estimate is a scalar of the extras (issue 19).
+SCHEMA_VERSION = 3
 VERSION_KEY = "config_version"
 DATA_KEY = "data_files"
+# {method: the first config_version whose checkpoints hold the method's current
+# state layout}: a workdir written before it cannot be restored by this version.
+STATE_LAYOUT_SINCE = {"dcgmh": 3}
 # Keys of a record that are not config keys.
 RECORD_KEYS = ("resolved", VERSION_KEY, DATA_KEY)
 # Where the data lives; with fingerprints on both sides they do not decide.
@@ -227,11 +233,20 @@ def read_json_object(path: str) -> dict:
 
 def check_same_run(saved: Mapping[str, Any], now: Mapping[str, Any], *,
                    workdir: str, ignore: Iterable[str] = MAY_DIFFER_ON_RESUME) -> None:
-  """Refuses to resume (or evaluate) a workdir written with another config."""
+  """Refuses to resume (or evaluate) a workdir written with another config, or
+  with a state layout this version cannot restore (STATE_LAYOUT_SINCE)."""
   if saved.get("method") != now.get("method"):
     raise ConfigError(
         f"config.method: workdir {workdir} holds {saved.get('method')}, this is "
         f"{now.get('method')}; use another workdir")
+  since = STATE_LAYOUT_SINCE.get(saved.get("method"), 0)
+  if schema_version(saved) < since:
+    raise ConfigError(
+        f"workdir {workdir} holds a {str(saved.get('method')).upper()} run written "
+        f"with {VERSION_KEY} {schema_version(saved)}; its checkpoints hold the "
+        f"training state as it was before {VERSION_KEY} {since}, which this version "
+        "cannot restore. Finish, evaluate or encode it with the version that wrote "
+        "it, or start a new workdir.")
   # The data first: values resolved from it (resolved.*) differ with it.
   changed = data_differences(to_dict(saved), to_dict(now))
   if changed:

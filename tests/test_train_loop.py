@@ -106,18 +106,35 @@ def test_scbch_kill_and_resume_reaches_the_same_params(tmp_path, crash_step,
   assert whole.results["i2t"]["map"] == resumed.results["i2t"]["map"]
 
 
-def test_dcgmh_kill_and_resume_keeps_bank_and_params(tmp_path):
+@pytest.mark.parametrize("noise_ratio", [0.4, None])
+def test_dcgmh_kill_and_resume_keeps_bank_and_params(tmp_path, noise_ratio):
+  """Killed mid-way through a robust epoch (τ known, or the epoch's margin
+  estimate: a scalar of the checkpoint's extras), resumed: the same state,
+  the epoch's per-item decisions and the same epoch summaries (diagnostics)."""
   noisy, corrupted = data_lib.corrupt_labels(SPLITS.train.labels, 0.4,
                                              protocol="dcgmh", seed=0)
   arrays = _arrays(noisy, corrupted)
-  config, method = _dcgmh(noisy)
+  config, method = _dcgmh(noisy, noise_ratio=noise_ratio)
+  steps_per_epoch = len(noisy) // BATCH
+  assert 13 // steps_per_epoch >= config.warmup_epochs and 13 % steps_per_epoch
   whole = train(method, arrays, config, tmp_path / "whole")
   with pytest.raises(_Crash):
-    train(_dcgmh(noisy)[1], arrays, config, tmp_path / "killed", on_step=_crash_at(13))
-  resumed = train(_dcgmh(noisy)[1], arrays, config, tmp_path / "killed")
+    train(_dcgmh(noisy, noise_ratio)[1], arrays, config, tmp_path / "killed",
+          on_step=_crash_at(13))
+  resumed = train(_dcgmh(noisy, noise_ratio)[1], arrays, config, tmp_path / "killed")
   _assert_same_params(whole.state.params, resumed.state.params)
-  np.testing.assert_array_equal(whole.state.bank_sim, resumed.state.bank_sim)
-  np.testing.assert_array_equal(whole.state.bank_clean, resumed.state.bank_clean)
+  for name in ("bank_sim", "bank_clean", "epoch_flags", "epoch_source",
+               "noise_ratio_estimate"):
+    np.testing.assert_array_equal(getattr(whole.state, name),
+                                  getattr(resumed.state, name), err_msg=name)
+
+  def summaries(workdir):
+    records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in records
+            if r["kind"] == "epoch"]
+  robust = [r for r in summaries(tmp_path / "whole") if r["phase"] == "robust"]
+  assert robust and all("filter" in r for r in robust)
+  assert summaries(tmp_path / "whole") == summaries(tmp_path / "killed")
 
 
 def test_resuming_with_another_config_is_refused_naming_the_keys(tmp_path):

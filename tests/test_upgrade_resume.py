@@ -112,3 +112,36 @@ def test_only_keys_with_one_default_are_filled():
       f"config.{ADDED_KEY}: saved unset vs now {current[ADDED_KEY]!r}"]
   assert run_config.differences(_as_version_1(current), current) == []
   np.testing.assert_equal(run_config.schema_version({}), 1)
+
+
+def test_a_dcgmh_workdir_of_an_older_state_layout_is_refused_in_one_line(tmp_path):
+  """DCGMH's checkpointed state changed in config_version 3 (per-item epoch
+  decisions): a workdir written before is refused by name, on resume and by its
+  readers, before anything is restored (not taken for damaged checkpoints)."""
+  from configs import dcgmh as dcgmh_configs
+  config = dcgmh_configs.get_config("synthetic:tiny")
+  config.update(dict(batch_size=32, bits=16, hidden=32, fused=32, epochs=2,
+                     warmup_epochs=1, progress=False, eval_every=0, checkpoint_every=3))
+  workdir = str(tmp_path / "old")
+
+  def preempt(step):
+    if step == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  with pytest.raises(preemption.PreemptedError):
+    experiment.run(config, workdir, log=lambda _: None, on_step=preempt)
+  as_version_2 = lambda record: dict(record, config_version=2)
+  _rewrite_json(os.path.join(workdir, "config.json"), as_version_2)
+  for meta in glob.glob(os.path.join(workdir, "checkpoints", "*", "meta", "metadata")):
+    _rewrite_json(meta, lambda m: dict(m, config=as_version_2(m["config"])))
+  before = open(os.path.join(workdir, "config.json"), "rb").read()
+  message = (r"holds a DCGMH run written with config_version 2; its checkpoints hold "
+             r"the training state as it was before config_version 3")
+  with pytest.raises(run_config.ConfigError, match=message):
+    experiment.run(config, workdir, log=lambda _: None)
+  with pytest.raises(run_config.ConfigError, match=message):
+    load_encoder(workdir, log=lambda _: None)
+  assert open(os.path.join(workdir, "config.json"), "rb").read() == before
+  # A current record of the same run is not refused.
+  run_config.check_same_run({"method": "dcgmh", "config_version": 3},
+                            {"method": "dcgmh", "config_version": 3}, workdir=workdir)
