@@ -4,8 +4,8 @@ because its augmented pass writes BatchNorm running statistics? (issue 20.2a)
 With `augment_whole_batch=False` (the default) the augmented pass normalises
 the ⌊τ·B⌋ buffer rows of the unlabeled items (often under 10 of a batch of
 48) with their own batch statistics AND folds those statistics into every
-BatchNorm's running mean/variance (dcgmh_jax.train.DcgmhMethod.
-_augmented_buffer returns the mutated batch_stats), so the running statistics
+BatchNorm's running mean/variance (dcgmh_jax.step.augmented_buffer
+returns the mutated batch_stats), so the running statistics
 that evaluation uses mix the clean pass's with a few augmented rows'. The
 probe patches that one return value in THIS process: the augmented pass still
 normalises with its own batch statistics (the release's semantics) but leaves
@@ -34,14 +34,14 @@ REFERENCE = {"dcgmh": "default"}
 
 def patch():
   """The augmented pass keeps the running statistics it was given."""
-  from dcgmh_jax import train  # pylint: disable=g-import-not-at-top
-  original = train.DcgmhMethod._augmented_buffer  # pylint: disable=protected-access
+  from dcgmh_jax import step  # pylint: disable=g-import-not-at-top
+  original = step.augmented_buffer
 
-  def augmented_buffer(self, params, batch_stats, *args, **kwargs):
-    out, _ = original(self, params, batch_stats, *args, **kwargs)
-    return out, {"batch_stats": batch_stats}
+  def augmented_buffer(model, params, batch_stats, *args, **kwargs):
+    out, _ = original(model, params, batch_stats, *args, **kwargs)
+    return out, batch_stats
 
-  train.DcgmhMethod._augmented_buffer = augmented_buffer  # pylint: disable=protected-access
+  step.augmented_buffer = augmented_buffer
 
 
 def all_entries(arg=None):

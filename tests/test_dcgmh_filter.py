@@ -305,3 +305,54 @@ def test_filter_diagnostics_and_ratios():
   assert all(v == 0.0 for v in nf.diagnostics_ratios(zero).values())
   with pytest.raises(KeyError, match="flagged"):
     nf.diagnostics_ratios({"items": 1})
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_count_decisions_equals_a_recount_of_the_batches(seed):
+  """The host's epoch counts from per-item decisions equal the per-batch
+  counts the step used to sum (filter_diagnostics over each batch): unseen
+  items, empty label rows, a reconstructed label equal to the clean one, a
+  batch of one."""
+  rng = np.random.default_rng(seed)
+  n, classes = 30, 3
+  observed = (rng.random((n, classes)) < 0.4).astype(np.float32)
+  observed[:4] = observed[4]
+  observed[5] = 0                                   # an empty label row
+  truth = {"corrupted": rng.random(n) < 0.4,
+           "labels": np.where(rng.random((n, classes)) < 0.2, 1 - observed, observed)}
+  order = rng.permutation(n)[:n - 3]               # 3 items unseen this epoch
+  batches = [order[:12], order[12:26], order[26:]]  # the last: a batch of one
+  assert len(batches[-1]) == 1
+  flags = np.zeros(n, np.int8)
+  source = np.full(n, -1, np.int32)
+  want = dict.fromkeys(("items", "corrupted", "flagged", "true_positives",
+                        "reconstructed", "reconstructed_correct", "unlabeled"), 0)
+  for idx in batches:
+    noisy = rng.random(len(idx)) < 0.5
+    rec = noisy & (rng.random(len(idx)) < 0.6)
+    src = rng.integers(0, n, len(idx))
+    src[rec] = np.where(rng.random(rec.sum()) < 0.5, idx[rec], src[rec])  # some exact
+    new = np.where(rec[:, None], observed[src], observed[idx])
+    batch = nf.filter_diagnostics(noisy, rec, new, truth["corrupted"][idx],
+                                  truth["labels"][idx])
+    want = {k: want[k] + int(v) for k, v in batch.items()}
+    flags[idx] = 1 + 2 * noisy + 4 * rec
+    source[idx] = np.where(rec, src, -1)
+  assert want["reconstructed_correct"] > 0
+  assert nf.count_decisions(flags, source, observed, truth) == want
+  assert nf.count_decisions(flags, source, observed) == {
+      k: want[k] for k in ("items", "flagged", "reconstructed", "unlabeled")}
+
+
+def test_reconstruct_labels_source_is_the_top_neighbour():
+  sim, bank_sim, bank_clean, bank_labels, noisy, self_idx = _recon_case(0)
+  new, rec, source = nf.reconstruct_labels(sim, bank_sim, bank_clean, bank_labels,
+                                           k=2, noisy=noisy, self_indices=self_idx,
+                                           with_source=True)
+  dots = np.asarray(sim, np.float64) @ np.asarray(bank_sim, np.float64).T
+  dots[np.arange(len(sim)), self_idx] = -np.inf
+  want = np.array([sorted(range(len(bank_sim)), key=lambda n: (-d[n], n))[0]
+                   for d in dots])
+  np.testing.assert_array_equal(source, want)
+  np.testing.assert_array_equal(np.asarray(new)[np.asarray(rec)],
+                                bank_labels[want][np.asarray(rec)])
