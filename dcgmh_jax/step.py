@@ -6,9 +6,9 @@ over parallel.AXIS) and reads nothing but its arguments:
   forward                 the model on this device's rows; codes gathered to
                           the global batch; center similarities s and
                           consistency scores κ
-  choose_noise_ratio      τ used by the filter and the next τ estimate: the
-                          three policies (known τ, per-epoch margin estimate,
-                          batch EMA) and the noise_ratio_max cap
+  choose_noise_ratio,     τ used by the filter and the next τ estimate: the
+  next_noise_ratio_estimate  three policies (known τ, per-epoch margin
+                          estimate, batch EMA) and the noise_ratio_max cap
   filter_and_reconstruct  flags the ⌊τ·B⌋ lowest κ, writes the bank, and
                           reconstructs labels (the project's rule or the
                           release's clean_label_reconstruction)
@@ -26,16 +26,15 @@ identically on every device, so D devices equal one device.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from common import parallel
+from common.types import PyTree
 from dcgmh_jax import augment
 from dcgmh_jax import noise_filter as nf
 
-PyTree = Any
 TAU_POLICIES = ("known", "margin", "batch_ema")
 # Bits of DcgmhState.epoch_flags (per item, this epoch).
 SEEN, FLAGGED, RECONSTRUCTED = 1, 2, 4
@@ -116,38 +115,47 @@ def forward(model, params: PyTree, batch_stats: PyTree, batch, labels_all: jax.A
   return Forward(h=h_all, centers=centers, sim=sim, scores=scores), mutated["batch_stats"]
 
 
-def choose_noise_ratio(options: StepOptions, *, estimate: jax.Array, scores: jax.Array,
-                       step: jax.Array, context, robust: bool
-                       ) -> tuple[jax.Array | None, jax.Array]:
-  """(τ for the filter, the next state.noise_ratio_estimate).
+# --- τ: the three policies (options.tau), in these two functions ---------------
 
-  known:     τ = noise_ratio; the estimate (logged only) is the batch EMA.
-  margin:    τ = this epoch's estimate (context["noise_ratio"], computed by
-             epoch_extras), which is also the estimate; unchanged in warm-up.
-  batch_ema: τ = the estimate before this step; the estimate is updated to
-             m·estimate + (1−m)·GMM(κ) (GMM(κ) itself at the run's first step).
+def choose_noise_ratio(options: StepOptions, *, estimate: jax.Array, context
+                       ) -> jax.Array:
+  """τ for the robust phase's filter.
+
+  known:     τ = noise_ratio.
+  margin:    τ = this epoch's estimate from all items' label margins
+             (context["noise_ratio"], a scalar of epoch_extras).
+  batch_ema: τ = the running estimate before this step (state.noise_ratio_estimate).
   With τ estimated, τ ≤ ratio_cap when set (the U buffer's static rows).
-  τ is None in warm-up (no filter).
   """
-  if options.tau == "margin":
-    if not robust:
-      return None, estimate
+  if options.tau == "known":
+    ratio = jnp.asarray(options.noise_ratio, jnp.float32)
+  elif options.tau == "margin":
     ratio = jnp.asarray(context["noise_ratio"], jnp.float32)
-    new_estimate = ratio
   else:
-    # κ is equal on every device; typed as replicated for the EM loop's carry.
-    batch_estimate = nf.estimate_noise_ratio(parallel.as_replicated(scores))
-    new_estimate = jnp.where(
-        step == 0, batch_estimate,
-        options.estimate_momentum * estimate
-        + (1 - options.estimate_momentum) * batch_estimate)
-    if not robust:
-      return None, new_estimate
-    ratio = (jnp.asarray(options.noise_ratio, jnp.float32) if options.tau == "known"
-             else estimate)
+    ratio = estimate
   if options.ratio_cap is not None:
     ratio = jnp.minimum(ratio, jnp.float32(options.ratio_cap))
-  return ratio, new_estimate
+  return ratio
+
+
+def next_noise_ratio_estimate(options: StepOptions, *, estimate: jax.Array,
+                              scores: jax.Array, ratio: jax.Array | None,
+                              step: jax.Array) -> jax.Array:
+  """The next state.noise_ratio_estimate (logged as "tau estimate").
+
+  margin:           the τ this robust step used (`ratio`; None in warm-up:
+                    unchanged).
+  known, batch_ema: m·estimate + (1−m)·GMM(κ) (nf.estimate_noise_ratio on the
+                    batch's κ; GMM(κ) itself at the run's first step); with τ
+                    known it is only logged.
+  `scores` must be replicated (the EM loop's carry).
+  """
+  if options.tau == "margin":
+    return estimate if ratio is None else ratio
+  batch_estimate = nf.estimate_noise_ratio(scores)
+  return jnp.where(step == 0, batch_estimate,
+                   options.estimate_momentum * estimate
+                   + (1 - options.estimate_momentum) * batch_estimate)
 
 
 def filter_and_reconstruct(options: StepOptions, fwd: Forward, ratio: jax.Array, *,

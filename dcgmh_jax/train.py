@@ -237,6 +237,15 @@ def learning_rate(config, epoch: jax.Array) -> jax.Array:
                                (epoch // config.lr_decay_every).astype(jnp.float32))
 
 
+def sgd_step(tx: optax.GradientTransformation, config, state: DcgmhState, grads: PyTree,
+             epoch: jax.Array) -> tuple[PyTree, PyTree, jax.Array]:
+  """(params, opt_state, lr) after one SGD step at learning_rate(config, epoch)."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  lr = learning_rate(config, epoch)
+  params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+  return params, opt_state, lr
+
+
 class DcgmhMethod:
   """DCGMH plugged into common.train_loop (see common.methods.Method)."""
 
@@ -346,17 +355,17 @@ class DcgmhMethod:
     labels_all = parallel.gather_rows(batch["labels"])
     index_all = parallel.gather_rows(batch["index"])
     bn_train = step.bn_training(opts, context["epoch"])
+    ratio = (step.choose_noise_ratio(opts, estimate=state.noise_ratio_estimate,
+                                     context=context) if robust else None)
 
     def share(params):
       fwd, stats = step.forward(self.model, params, state.batch_stats, batch,
                                 labels_all, bn_train=bn_train)
-      ratio, estimate = step.choose_noise_ratio(
-          opts, estimate=state.noise_ratio_estimate, scores=fwd.scores,
-          step=state.step, context=context, robust=robust)
       terms = objectives.Terms(fwd.h, fwd.centers, labels_all)
+      aux = {"batch_stats": stats, "scores": fwd.scores}
       if not robust:
-        loss, parts = variant.objective(terms, self.config)
-        return loss, {"batch_stats": stats, "parts": parts, "estimate": estimate}
+        loss, aux["parts"] = variant.objective(terms, self.config)
+        return loss, aux
       out = step.filter_and_reconstruct(
           opts, fwd, ratio, bank_sim=state.bank_sim, bank_clean=state.bank_clean,
           bank_labels=state.bank_labels, bank_truth=state.bank_truth,
@@ -367,32 +376,28 @@ class DcgmhMethod:
         unsup, stats = step.augmented_pass(
             opts, self.model, params, stats, batch, fwd.h,
             out.noisy & ~out.reconstructed, keys, bn_train=bn_train)
-      loss, parts = variant.objective(dataclasses.replace(
+      loss, aux["parts"] = variant.objective(dataclasses.replace(
           terms, noisy=out.noisy, reconstructed=out.reconstructed,
           new_labels=out.new_labels, unsup=unsup), self.config)
-      return loss, {"batch_stats": stats, "parts": parts, "estimate": estimate,
-                    "ratio": ratio, "decisions": out}
+      return loss, dict(aux, batch_stats=stats, decisions=out)
 
     loss, aux, grads = parallel.global_value_and_grad(share, state.params, has_aux=True)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    lr = learning_rate(self.config, context["epoch"])
-    params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+    params, opt_state, lr = sgd_step(self.tx, self.config, state, grads, context["epoch"])
     out = aux.pop("decisions", None)  # already replicated
-    # Computed identically on every device from gathered inputs; as_replicated
-    # makes that visible to shard_map (bit-exact, and small arrays only).
-    aux = parallel.as_replicated(aux)
-    metrics = {"loss": loss, "noise_ratio_estimate": aux["estimate"], "lr": lr,
-               **aux["parts"]}
-    new_state = state.replace(params=params, batch_stats=aux["batch_stats"],
-                              opt_state=opt_state, step=state.step + 1,
-                              noise_ratio_estimate=aux["estimate"])
-    if not robust:
-      return new_state, metrics
-    flags, source = step.record_decisions(state.epoch_flags, state.epoch_source, out,
-                                          context["step_in_epoch"])
-    metrics.update(noise_ratio_used=aux["ratio"], **step.decision_counts(out))
-    return new_state.replace(bank_sim=out.bank_sim, bank_clean=out.bank_clean,
-                             epoch_flags=flags, epoch_source=source), metrics
+    aux = parallel.as_replicated(aux)  # equal on every device: typed so (bit-exact)
+    estimate = step.next_noise_ratio_estimate(opts, estimate=state.noise_ratio_estimate,
+                                              scores=aux["scores"], ratio=ratio,
+                                              step=state.step)
+    metrics = {"loss": loss, "noise_ratio_estimate": estimate, "lr": lr, **aux["parts"]}
+    new = state.replace(params=params, batch_stats=aux["batch_stats"], opt_state=opt_state,
+                        step=state.step + 1, noise_ratio_estimate=estimate)
+    if robust:
+      flags, source = step.record_decisions(state.epoch_flags, state.epoch_source, out,
+                                            context["step_in_epoch"])
+      metrics.update(noise_ratio_used=ratio, **step.decision_counts(out))
+      new = new.replace(bank_sim=out.bank_sim, bank_clean=out.bank_clean,
+                        epoch_flags=flags, epoch_source=source)
+    return new, metrics
 
   def buffer_rows(self, batch: int) -> int:
     """Static rows of the augmented buffer for a global batch of `batch` items:

@@ -72,33 +72,31 @@ def test_forward_codes_similarities_and_scores(devices):
 @pytest.mark.parametrize("tau", step.TAU_POLICIES)
 @pytest.mark.parametrize("cap", [None, 0.3])
 @pytest.mark.parametrize("first_step", [True, False])
-def test_choose_noise_ratio_the_three_policies(tau, cap, first_step):
+def test_the_three_tau_policies(tau, cap, first_step):
+  """τ used and the next estimate, per policy, against their formulas."""
   rng = np.random.default_rng(2)
   scores = np.concatenate([rng.normal(-0.5, 0.05, 6), rng.normal(0.6, 0.05, 10)]
                           ).astype(np.float32)
   options = _options(tau=tau, noise_ratio=0.45 if tau == "known" else None,
                      ratio_cap=cap, estimate_momentum=0.75)
-  estimate, epoch_ratio, step_no = np.float32(0.42), np.float32(0.37), 0 if first_step else 5
+  estimate, epoch_ratio = np.float32(0.42), np.float32(0.37)
+  step_no = jnp.int32(0 if first_step else 5)
+  ratio = _replicated(lambda e, c: step.choose_noise_ratio(
+      options, estimate=e, context={"noise_ratio": c}))(estimate, epoch_ratio)
+  want_ratio = {"known": 0.45, "batch_ema": 0.42, "margin": 0.37}[tau]
+  np.testing.assert_allclose(ratio, min(want_ratio, cap or 1.0), rtol=1e-6)
 
-  def run(robust):
-    fn = lambda s, e, c, n: step.choose_noise_ratio(
-        options, estimate=e, scores=s, step=n, context={"noise_ratio": c}, robust=robust)
-    if not robust:
-      fn_w = lambda s, e, c, n: fn(s, e, c, n)[1]
-      return None, _replicated(fn_w)(scores, estimate, epoch_ratio, jnp.int32(step_no))
-    return _replicated(fn)(scores, estimate, epoch_ratio, jnp.int32(step_no))
+  def next_estimate(ratio):
+    return _replicated(lambda e, s, r, n: step.next_noise_ratio_estimate(
+        options, estimate=e, scores=s, ratio=r, step=n))(estimate, scores, ratio, step_no)
 
   gmm = float(nf.estimate_noise_ratio(jnp.asarray(scores)))
   ema = gmm if first_step else 0.75 * 0.42 + 0.25 * gmm
-  want_estimate = {"known": ema, "batch_ema": ema, "margin": 0.37}[tau]
-  want_ratio = {"known": 0.45, "batch_ema": 0.42, "margin": 0.37}[tau]
-  if cap is not None:
-    want_ratio = min(want_ratio, cap)
-  ratio, new_estimate = run(robust=True)
-  np.testing.assert_allclose(ratio, want_ratio, rtol=1e-6)
-  np.testing.assert_allclose(new_estimate, want_estimate, rtol=1e-6)
-  _, warm = run(robust=False)   # warm-up: the margin estimate waits for its epoch
-  np.testing.assert_allclose(warm, 0.42 if tau == "margin" else ema, rtol=1e-6)
+  # margin: the τ the robust step used (capped), unchanged in warm-up (None).
+  np.testing.assert_allclose(next_estimate(ratio), ratio if tau == "margin" else ema,
+                             rtol=1e-6)
+  np.testing.assert_allclose(next_estimate(None), 0.42 if tau == "margin" else ema,
+                             rtol=1e-6)
 
 
 # --- filter, bank, reconstruction ---------------------------------------------------
