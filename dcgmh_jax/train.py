@@ -6,11 +6,20 @@ Objective (spec dcgmh.md):
                             + η L_pair(R)
 The per-device body all-gathers codes, labels and item indices, so the filter
 (lowest ⌊τ·B⌋ consistency scores), the bank update and every masked loss are
-computed on the GLOBAL batch, identically on every device; each device then
-takes 1/D of the global loss (parallel.local_share) and gradients are summed,
-so D devices equal one device on the same global batch. BatchNorm statistics
-are synchronised over the same axis. Warm-up and robust phase are the two
-compilations of a run. Hyperparameters come from a run config
+computed on the GLOBAL batch, identically on every device; the variant's
+objective (dcgmh_jax.objectives) returns this device's share, 1/D of the
+global loss (parallel.local_share), and gradients are summed, so D devices
+equal one device on the same global batch. BatchNorm statistics are
+synchronised over the same axis. Warm-up and robust phase are the two
+compilations of a run. The step body composes the pure pieces of
+dcgmh_jax.step (forward, τ choice, filter and reconstruction, augmented pass,
+per-epoch decisions) under static StepOptions resolved once from the config,
+the variant and the active quirks. Filter diagnostics (precision, recall,
+reconstruction accuracy) are counted on the host in epoch_summary from the
+epoch's per-item decisions and the truth the loop holds: no ground truth
+enters a training batch (the one use of the truth in training is
+release_compat's clean_label_reconstruction, the release's leak, reproduced
+on purpose from DcgmhState.bank_truth). Hyperparameters come from a run config
 (configs/dcgmh.py).
 
 The augmented pass of L_unsup with config.augment_whole_batch=False (the
@@ -256,7 +265,8 @@ class DcgmhMethod:
                text_dim: int, train_labels: np.ndarray,
                noise_ratio: float | None, true_noise_ratio: float | None = None,
                train_truth_labels: np.ndarray | None = None,
-               quirks: frozenset[str] | None = None):
+               quirks: frozenset[str] | None = None,
+               variant: objectives.Variant | None = None):
     """
     Args:
       config: the run config (configs/dcgmh.py keys).
@@ -271,9 +281,11 @@ class DcgmhMethod:
         without them.
       quirks: the run's active quirk names (common.methods.RunPlan.quirks;
         default: resolved from config.release_compat).
+      variant: the objective and what it needs (dcgmh_jax.objectives.Variant);
+        default: config.variant's (objectives.VARIANTS).
     """
     self.config = ml_collections.FrozenConfigDict(config)
-    self.variant = objectives.VARIANTS[config.variant]
+    self.variant = variant or objectives.VARIANTS[config.variant]
     num_classes = int(np.shape(train_labels)[1])
     # release_compat: the active quirks of the DCGMH release (names).
     self.quirks = (frozenset(quirks) if quirks is not None

@@ -133,3 +133,24 @@ def test_structurally_different_variants_step_with_finite_loss(name):
   assert all(np.isfinite(h["loss"]) for h in hist)
   if name in ("no_unsup", "center_only"):
     assert all("unsup" not in h for h in hist)
+
+
+def test_a_custom_variant_is_one_function_and_its_declarations():
+  """A research variant passed to the method (no registration): an objective
+  function plus what it needs, stepping exactly like the registered one."""
+  def my_no_unsup(terms, config):
+    return objectives.no_unsup(terms, config)
+
+  custom = objectives.Variant(my_no_unsup, augmented_pass=False)
+  base = test_dcgmh_train._method(noise_ratio=0.4, variant="no_unsup")
+  mine = test_dcgmh_train._method(noise_ratio=0.4)
+  mine = type(mine)(mine.config, image_dim=test_dcgmh_train.D_IMG,
+                    text_dim=test_dcgmh_train.D_TXT, train_labels=mine.train_labels,
+                    noise_ratio=0.4, variant=custom)
+  assert mine.variant is custom
+  want, want_hist = test_dcgmh_train._run(base, "shard_map", 1)
+  got, hist = test_dcgmh_train._run(mine, "shard_map", 1)
+  assert hist == want_hist
+  for g, w in zip(jax.tree.leaves(got.replace(rng=None)),
+                  jax.tree.leaves(want.replace(rng=None))):
+    np.testing.assert_array_equal(g, w)
