@@ -27,6 +27,9 @@ _RATIO_SCALE = 1_000_000
 # Variance floor of the mixture fit (κ lives in [−1, 1]).
 _GMM_VAR_FLOOR = 1e-6
 _MAX_ESTIMATED_RATIO = 0.95
+# Bits of an item's per-epoch decision flags (DcgmhState.epoch_flags):
+# seen in a robust step this epoch, flagged noisy, given a reconstructed label.
+SEEN, FLAGGED, RECONSTRUCTED = 1, 2, 4
 
 
 def center_similarity(h: Array, centers: Array) -> Array:
@@ -479,16 +482,16 @@ def count_decisions(flags: np.ndarray, source: np.ndarray, bank_labels: np.ndarr
   """filter_diagnostics' counts over an epoch, on the host, from the step's
   per-item decisions (DcgmhState.epoch_flags / epoch_source; dcgmh_jax.step).
 
-  flags: (N,) int8 bits SEEN=1, FLAGGED=2, RECONSTRUCTED=4; source: (N,) the
+  flags: (N,) int8 bits SEEN | FLAGGED | RECONSTRUCTED; source: (N,) the
   bank row whose observed label (bank_labels) a reconstructed item got.
   truth: None, or {"corrupted": (N,) bool, "labels": (N, C) clean labels}.
   Without the truth only items, flagged, reconstructed and unlabeled are
   counted (the rest would be made up).
   """
   flags = np.asarray(flags).astype(np.int64)
-  seen = (flags & 1) > 0
-  flagged = seen & ((flags & 2) > 0)
-  rec = seen & ((flags & 4) > 0)
+  seen = (flags & SEEN) > 0
+  flagged = seen & ((flags & FLAGGED) > 0)
+  rec = seen & ((flags & RECONSTRUCTED) > 0)
   counts = {"items": int(seen.sum()), "flagged": int(flagged.sum()),
             "reconstructed": int(rec.sum()), "unlabeled": int((flagged & ~rec).sum())}
   if truth is None:

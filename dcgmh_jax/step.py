@@ -37,7 +37,7 @@ from dcgmh_jax import noise_filter as nf
 
 TAU_POLICIES = ("known", "margin", "batch_ema")
 # Bits of DcgmhState.epoch_flags (per item, this epoch).
-SEEN, FLAGGED, RECONSTRUCTED = 1, 2, 4
+SEEN, FLAGGED, RECONSTRUCTED = nf.SEEN, nf.FLAGGED, nf.RECONSTRUCTED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +200,9 @@ def augmented_pass(options: StepOptions, model, params: PyTree, batch_stats: PyT
                    ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], PyTree]:
   """L_unsup's rows (h_aug, h, mask) and the batch statistics after the pass.
 
-  Whole batch (options.whole_batch): every item augmented and encoded (BN in
-  training mode), mask = U. Else the U buffer (augmented_buffer).
+  Whole batch (options.whole_batch): every item augmented and encoded, BN in
+  training mode whatever bn_train says (as before issue 19), mask = U. Else
+  the U buffer (augmented_buffer), BN in bn_train's mode.
   """
   if not options.whole_batch:
     return augmented_buffer(model, params, batch_stats, batch, unlabeled, h_all, keys,
