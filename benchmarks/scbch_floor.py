@@ -29,7 +29,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,8 +37,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from common.types import PyTree  # noqa: E402
 
-PyTree = Any
 # Elements per block: the slices of a block's inputs and outputs (4-7 arrays
 # of BLOCK float32) stay in a core's L2 cache.
 BLOCK = 16_384

@@ -35,8 +35,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as managers
+from common.types import PyTree
 
-PyTree = Any
 _ITEMS = ("meta", "state", "extras")
 
 
@@ -442,15 +442,3 @@ class Checkpointer:
         f"no readable checkpoint in {self.directory}: tried {', '.join(tried)}; "
         "use a new --workdir or delete the damaged checkpoints")
 
-
-def check_same_run(saved_flags: Mapping[str, Any], flags: Mapping[str, Any], *,
-                   workdir: str, may_differ: tuple[str, ...] = ()) -> None:
-  """Refuses to resume a workdir that was written by a different configuration."""
-  differ = sorted(k for k in set(saved_flags) | set(flags)
-                  if k not in may_differ and saved_flags.get(k) != flags.get(k))
-  if differ:
-    detail = ", ".join(f"--{k}: saved {saved_flags.get(k)!r} vs now {flags.get(k)!r}"
-                       for k in differ)
-    raise ValueError(
-        f"workdir {workdir} holds a run with different settings ({detail}). "
-        "Use a new --workdir, or repeat the original flags to resume.")

@@ -6,8 +6,8 @@
     codes = enc.encode(image=img_feats, text=txt)   # {"image", "text"}
     # a DCGMH run needs both and returns {"fused": (N, K)}
 
-The method is rebuilt from the workdir's config.json (`<module>.for_inference(
-config, resolved)`, module from common.experiment.METHODS) and the checkpoint
+The method is rebuilt from the workdir's config.json (its MethodSpec's
+`for_inference(config, resolved, plan)`, common.methods) and the checkpoint
 is restored with common.train_loop.restore_for_eval, so codes are exactly the
 run's own (`method.encode` does the math; nothing here knows a method).
 
@@ -35,8 +35,8 @@ from common import run_config
 from common.data import pipeline
 from common.data import validation
 from common.reporting import ProgressBar
+from common.types import PyTree
 
-PyTree = Any
 MODALITIES = ("image", "text")
 _FINITE_BLOCK = 4096  # rows checked for NaN/inf at a time
 
@@ -76,8 +76,9 @@ class Encoder:
     self.method_name = str(config.method)
     self.bits = int(config.bits)
     self.inputs = {"image": int(resolved["image_dim"]), "text": int(resolved["text_dim"])}
-    self.devices = list(jax.local_devices() if devices is None else devices)
-    self.mesh = parallel.make_mesh(self.devices)
+    self.mesh = (parallel.local_mesh() if devices is None
+                 else parallel.make_mesh(list(devices)))
+    self.devices = list(self.mesh.devices.flat)
     self._rows = NamedSharding(self.mesh, P(parallel.AXIS))
     self.state = jax.device_put(_without_optimizer(state),
                                 NamedSharding(self.mesh, P()))
@@ -266,12 +267,13 @@ def load_encoder(workdir: str, step: int | None = None, *,
       with another config, an unknown method.
   """
   from common import experiment  # pylint: disable=g-import-not-at-top
+  from common import methods  # pylint: disable=g-import-not-at-top
   from common import train_loop  # pylint: disable=g-import-not-at-top
   record = read_record(workdir)
   config = run_config.load(workdir)
   resolved = record["resolved"]
-  module = experiment.method_module(config.method)
-  method = module.for_inference(config, resolved)
+  spec = methods.get_spec(config.method)
+  method = spec.for_inference(config, resolved, methods.resolve_plan(config, spec))
   state, step = train_loop.restore_for_eval(method, config, workdir, step=step,
                                             record=record)
   line = experiment.progress_line(workdir, step, "encoding")

@@ -69,6 +69,40 @@ def evaluate_direction(query_codes, db_codes, query_labels, db_labels, *,
   }
 
 
+def evaluate_directions(query_codes: Mapping[str, np.ndarray],
+                        db_codes: Mapping[str, np.ndarray], query_labels, db_labels,
+                        directions: Mapping[str, tuple[str, str]], *,
+                        ties: str = "index", empty_queries: str = "skip",
+                        topk: int | None = None,
+                        precision_ns: Sequence[int] = DEFAULT_PRECISION_NS,
+                        num_points: int = 15,
+                        query_share: metrics.QueryShare | None = None) -> dict:
+  """Results of each named direction: {name: (query code key, database code key)}.
+
+  With several directions, every direction's inputs are checked before any
+  is computed (errors name the code arrays "<key>_query" / "<key>_db"); one
+  direction is checked as it is computed (errors name "query_codes" / ...).
+
+  Returns:
+    {"settings": {...}, name: {...} for each direction, in order}.
+  """
+  for name, (q, d) in directions.items():
+    if not name or name in (_SETTINGS, baselines.RESULTS_KEY):
+      raise ValueError(f"direction must be a non-empty name other than "
+                       f"{_SETTINGS!r}; got {name!r}.")
+    if len(directions) > 1:
+      metrics.check_inputs(query_codes[q], db_codes[d], query_labels, db_labels,
+                           names=(f"{q}_query", f"{d}_db", "query_labels",
+                                  "db_labels"))
+  kwargs = dict(ties=ties, empty_queries=empty_queries, topk=topk,
+                precision_ns=precision_ns, num_points=num_points,
+                query_share=query_share)
+  return {_SETTINGS: _settings(ties, empty_queries, topk, precision_ns, num_points),
+          **{name: evaluate_direction(query_codes[q], db_codes[d], query_labels,
+                                      db_labels, **kwargs)
+             for name, (q, d) in directions.items()}}
+
+
 def evaluate_cross_modal(image_query, text_query, image_db, text_db,
                          query_labels, db_labels, *, ties: str = "index",
                          empty_queries: str = "skip",
@@ -83,26 +117,13 @@ def evaluate_cross_modal(image_query, text_query, image_db, text_db,
   Returns:
     {"settings": {...}, "i2t": {...}, "t2i": {...}}.
   """
-  kwargs = dict(ties=ties, empty_queries=empty_queries, topk=topk,
-                precision_ns=precision_ns, num_points=num_points,
-                query_share=query_share)
   _same_rows("image_query", image_query, "text_query", text_query)
   _same_rows("image_db", image_db, "text_db", text_db)
-  # Both directions are checked before either is computed.
-  metrics.check_inputs(image_query, text_db, query_labels, db_labels,
-                       names=("image_query", "text_db", "query_labels",
-                              "db_labels"))
-  metrics.check_inputs(text_query, image_db, query_labels, db_labels,
-                       names=("text_query", "image_db", "query_labels",
-                              "db_labels"))
-  return {
-      _SETTINGS: _settings(ties, empty_queries, topk, precision_ns,
-                           num_points),
-      "i2t": evaluate_direction(image_query, text_db, query_labels,
-                                db_labels, **kwargs),
-      "t2i": evaluate_direction(text_query, image_db, query_labels,
-                                db_labels, **kwargs),
-  }
+  return evaluate_directions(
+      {"image": image_query, "text": text_query}, {"image": image_db, "text": text_db},
+      query_labels, db_labels, {"i2t": ("image", "text"), "t2i": ("text", "image")},
+      ties=ties, empty_queries=empty_queries, topk=topk, precision_ns=precision_ns,
+      num_points=num_points, query_share=query_share)
 
 
 def evaluate_multi_modal(query_codes, db_codes, query_labels, db_labels, *,
@@ -119,18 +140,10 @@ def evaluate_multi_modal(query_codes, db_codes, query_labels, db_labels, *,
   Returns:
     {"settings": {...}, direction: {...}}.
   """
-  if not direction or direction == _SETTINGS:
-    raise ValueError(
-        f"direction must be a non-empty name other than {_SETTINGS!r}; got "
-        f"{direction!r}.")
-  return {
-      _SETTINGS: _settings(ties, empty_queries, topk, precision_ns,
-                           num_points),
-      direction: evaluate_direction(
-          query_codes, db_codes, query_labels, db_labels, ties=ties,
-          empty_queries=empty_queries, topk=topk, precision_ns=precision_ns,
-          num_points=num_points, query_share=query_share),
-  }
+  return evaluate_directions(
+      {"": query_codes}, {"": db_codes}, query_labels, db_labels, {direction: ("", "")},
+      ties=ties, empty_queries=empty_queries, topk=topk, precision_ns=precision_ns,
+      num_points=num_points, query_share=query_share)
 
 
 def _same_rows(name_a: str, a, name_b: str, b) -> None:

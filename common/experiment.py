@@ -16,10 +16,9 @@ run with another config is refused with the differing keys named.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import time
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import ml_collections
@@ -27,6 +26,7 @@ import numpy as np
 
 from common import baselines
 from common import evaluation
+from common import methods
 from common import plots
 from common import preemption
 from common import run_config
@@ -34,24 +34,14 @@ from common import run_data
 from common import workdir as workdir_lib
 from common.checkpoint import Checkpointer, CheckpointReadError
 from common.evaluator import RetrievalEvaluator
-from common.reporting import read_jsonl
 from common.run_config import ConfigError, check
-from common.train_loop import (check_loop_config, loop_plan, restore_for_eval, train,
-                               with_settings)
+from common.train_loop import check_loop_config, restore_for_eval, train, with_settings
 
-# method name -> module with check_config(config) and build(config, data).
-METHODS = {"scbch": "scbch_jax.train", "dcgmh": "dcgmh_jax.train"}
 SELECTION_NOTES = {
     "last": "last epoch",
     "val": "best epoch on the validation split",
     "test_queries": "best epoch ON THE TEST QUERIES (release protocol; optimistic)",
 }
-
-
-def method_module(name: str):
-  if name not in METHODS:
-    raise ConfigError(f"config.method={name!r}: expected one of {tuple(METHODS)}")
-  return importlib.import_module(METHODS[name])
 
 
 def _primary() -> bool:
@@ -61,10 +51,11 @@ def _primary() -> bool:
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Every key of a run, before anything is read or compiled."""
   try:
-    module = method_module(config.method)
+    spec = methods.get_spec(config.method)
     run_data.check_config(config)
     check_loop_config(config)
-    module.check_config(config)
+    spec.check_config(config)
+    methods.resolve_plan(config, spec)  # config.release_compat, config.selection
   except AttributeError as e:  # a hand-built config that lacks a key
     raise ConfigError(f"config lacks a key the run needs: {e}") from None
 
@@ -81,8 +72,7 @@ def _record(config, data, method) -> dict:
   """What identifies a run: its config plus the values resolved from the data."""
   resolved = {"num_classes": data.splits.num_classes,
               "image_dim": data.splits.image_dim, "text_dim": data.splits.text_dim,
-              "train_items": len(data.train_labels),
-              **getattr(method, "resolved", {})}
+              "train_items": len(data.train_labels), **method.resolved}
   return {**run_config.to_dict(config), "resolved": resolved,
           run_config.VERSION_KEY: run_config.SCHEMA_VERSION,
           run_config.DATA_KEY: run_data.data_fingerprints(config)}
@@ -162,9 +152,10 @@ def _check_not_past_end(config, workdir: str) -> None:
 def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step, guard):
   if not eval_only:
     _check_not_past_end(config, workdir)
-  module = method_module(config.method)
+  spec = methods.get_spec(config.method)
+  plan = methods.resolve_plan(config, spec)  # once: every part below reads it
   data = run_data.load_run_data(config)
-  method = _LatestCodes(module.build(config, data))
+  method = spec.build(config, data, plan)
   record = _record(config, data, method)
   config_path = os.path.join(workdir, run_config.CONFIG_FILE)
   if os.path.exists(config_path):
@@ -175,7 +166,7 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step,
   evaluator = RetrievalEvaluator(
       {"test": (data.splits.query, data.splits.database),
        **({"val": data.val} if data.val is not None else {})},
-      empty_queries=method.empty_queries)
+      directions=spec.directions, empty_queries=spec.empty_queries)
   splits = data.splits
   log(f"{method.name.upper()} on {splits.name}: {len(splits.train)} train / "
       f"{len(splits.query)} query / {len(splits.database)} database, "
@@ -190,45 +181,46 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step,
     line = progress_line(workdir, step, "evaluating")
     if line:
       log(line)
-    results, _ = evaluator.evaluate(method, state, "test")
+    results, _, codes = evaluator.evaluate(method, state, "test")
     results = with_settings(results, selection=f"checkpoint {step} (eval_only)",
                             selected_step=step)
-    tag, first_step, timing = f"step{step}", None, None
+    tag, first_step, timing, summaries = f"step{step}", None, None, None
   else:
     if _primary():  # only now: every check has passed
       workdir_lib.atomic_write_json(config_path, record)
     result = train(method, data.train_arrays(), config, workdir, evaluator=evaluator,
-                   record=record, on_step=on_step, log=log)
-    state, results, tag = result.state, result.results, "final"
-    first_step, timing = result.first_step_seconds, result.timing
+                   plan=plan, record=record, truth=data.truth(), on_step=on_step,
+                   log=log)
+    state, results, tag, codes = result.state, result.results, "final", result.codes
+    first_step, timing, summaries = (result.first_step_seconds, result.timing,
+                                     result.summaries)
   after_training = (f"preempted after training (step {results['settings']['selected_step']}"
                     " reported), before the results and codes were written; the "
                     "checkpoints are saved; re-run the same command to finish")
   _stop_if_signalled(guard, results["settings"]["selected_step"], after_training)
-  resolved = dict(getattr(method, "resolved", {}))
   # release_compat: {name: label} of the active quirks, the loop's and the
-  # method's own (loop_plan has both); absent when off.
-  compat = loop_plan(config, method.name).release_compat
+  # method's own; absent when off.
+  compat = dict(plan.release_compat) if plan.release_compat else None
   results = with_settings(results, method=method.name, dataset=splits.name,
                           bits=config.bits, noise=data.noise_summary,
-                          empty_queries=method.empty_queries, **resolved,
+                          empty_queries=spec.empty_queries, **method.resolved,
                           **({"release_compat": compat} if compat else {}))
   if _primary():
     # Reference rows on the same split and bits: random codes, the linear
     # probe and the unsupervised linear codes (common.baselines).
     baseline_start = time.perf_counter()
     results = {**results, baselines.RESULTS_KEY: baselines.run_baselines(
-        splits, data.train_labels, bits=config.bits, fused="fused" in results,
-        empty_queries=method.empty_queries, seed=config.seed)}
+        splits, data.train_labels, bits=config.bits, fused=spec.directions == methods.MULTI_MODAL,
+        empty_queries=spec.empty_queries, seed=config.seed)}
     timing = dict(timing or {}, baselines=time.perf_counter() - baseline_start)
   export_start = time.perf_counter()
-  codes = evaluator.export(method, state)
+  codes = evaluator.export(codes)  # the final evaluation's codes: encoded once
   timing = dict(timing or {}, export=time.perf_counter() - export_start)
   _stop_if_signalled(guard, results["settings"]["selected_step"], after_training)
   if _primary():
     finish_start = time.perf_counter()
-    _finish(results, codes=codes, workdir=workdir, method=method, tag=tag,
-            dataset_name=splits.name, log=log)
+    _finish(results, codes=codes, workdir=workdir, spec=spec, tag=tag,
+            dataset_name=splits.name, summaries=summaries, log=log)
     timing["results_and_plots"] = time.perf_counter() - finish_start
     if not eval_only:
       workdir_lib.atomic_write_json(os.path.join(workdir, "run_summary.json"), {
@@ -276,52 +268,13 @@ def progress_line(workdir: str, step: int, doing: str = "encoding") -> str | Non
   return f"run at step {progress[0]} of {progress[1]}; {doing} step {step}"
 
 
-class _LatestCodes:
-  """The method, with `encode` remembered for the newest state it was given.
-
-  The final evaluation and the codes export encode the same state and arrays:
-  the second call returns the first's codes instead of encoding again. Keys
-  are object identities, held alive here so that they cannot be reused; a
-  NumPy array is keyed by the memory it views (address, shape, strides,
-  dtype), since each call passes a new view of the split's rows (encode_split
-  slices them) and the splits are never written to.
-  """
-
-  def __init__(self, method):
-    self._method = method
-    self._state = None
-    self._codes: dict = {}
-
-  def __getattr__(self, name):
-    return getattr(self._method, name)
-
-  def encode(self, state, image, text, **kwargs):
-    if state is not self._state:
-      self._state, self._codes = state, {}
-    key = (_array_key(image), _array_key(text), tuple(sorted(kwargs.items())))
-    if key not in self._codes:
-      self._codes[key] = (image, text, self._method.encode(state, image, text, **kwargs))
-    return self._codes[key][2]
-
-
-def _array_key(x) -> Hashable:
-  """What `x` holds: the memory a NumPy array views, else its identity."""
-  if isinstance(x, np.ndarray):
-    return (x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str)
-  return id(x)
-
-
-def runner(method: str) -> Callable[..., dict]:
-  """`run` for one method's configs only (scbch_jax.run, dcgmh_jax.run)."""
-  def run_method(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict:
-    if config.method != method:
-      raise ConfigError(f"config.method={config.method!r}: {method}_jax.run needs a "
-                        f"configs/{method}.py config")
-    return run(config, workdir, **kwargs)
-  run_method.__name__ = "run"
-  run_method.__doc__ = (f"Trains and evaluates {method.upper()} from a configs/{method}.py "
-                        "config; see common.experiment.run.")
-  return run_method
+def run_method(method: str, config: ml_collections.ConfigDict, workdir: str,
+               **kwargs) -> dict:
+  """`run` for one method's configs only (scbch_jax.run, dcgmh_jax.run, ...)."""
+  if config.method != method:
+    raise ConfigError(f"config.method={config.method!r}: {method}_jax.run needs a "
+                      f"configs/{method}.py config")
+  return run(config, workdir, **kwargs)
 
 
 def evaluate_checkpoint(workdir: str, step: int | None = None, **kwargs) -> dict:
@@ -336,22 +289,24 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, **kwargs) -> dict
 
 
 def _finish(results: Mapping[str, Any], *, codes: Mapping[str, np.ndarray],
-            workdir: str, method, tag: str, dataset_name: str,
+            workdir: str, spec: methods.MethodSpec, tag: str, dataset_name: str,
+            summaries: Mapping[int, Mapping] | None,
             log: Callable[[str], None]) -> None:
   """Results JSON + PNG curves + codes .npz (+ diagnostics plot); prints the table."""
-  codes_path = os.path.join(workdir, f"{method.name}_codes.npz" if tag == "final"
-                            else f"{method.name}_{tag}_codes.npz")
+  name = spec.name
+  codes_path = os.path.join(workdir, f"{name}_codes.npz" if tag == "final"
+                            else f"{name}_{tag}_codes.npz")
   workdir_lib.atomic_savez(codes_path, **codes)
-  paths = evaluation.write_results(results, workdir, prefix=f"{method.name}_{tag}")
-  if tag == "final":
-    plotted = plot_diagnostics(workdir, method.name, getattr(method, "diagnostics", {}),
+  paths = evaluation.write_results(results, workdir, prefix=f"{name}_{tag}")
+  if tag == "final" and summaries:
+    plotted = plot_diagnostics(workdir, name, spec.diagnostics, summaries,
                                note=plots.release_compat_note(
                                    results["settings"].get("release_compat")))
     if plotted:
       paths = dict(paths, diagnostics=plotted)
   selection = results["settings"].get("selection", "last")
   compat = results["settings"].get("release_compat")
-  log(f"\n{method.name.upper()} {tag} results on {dataset_name} "
+  log(f"\n{name.upper()} {tag} results on {dataset_name} "
       f"({SELECTION_NOTES.get(selection, selection)}"
       + (f"; RELEASE_COMPAT: {plots.release_compat_note(compat, labels=True)}"
          if compat else "") + "):")
@@ -361,21 +316,15 @@ def _finish(results: Mapping[str, Any], *, codes: Mapping[str, np.ndarray],
   log("written: " + ", ".join(sorted([str(p) for p in paths.values()] + [codes_path])))
 
 
-def plot_diagnostics(workdir: str, name: str, series: Mapping[str, str], *,
-                     note: str = "") -> str | None:
+def plot_diagnostics(workdir: str, name: str, series: Mapping[str, str],
+                     summaries: Mapping[int, Mapping], *, note: str = "") -> str | None:
   """<name>_diagnostics.png: per-epoch values of `series` ({label: dotted key}
-  into the "epoch" records of metrics.jsonl; the last record of an epoch wins).
-  None if no epoch has any of them."""
-  records = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  for record in read_jsonl(path) if os.path.exists(path) else ():
-    if record.get("kind") == "epoch":
-      records[record["epoch"]] = record
+  into the epoch summaries {epoch: summary}). None if no epoch has any of them."""
   lines = {}
   for label, key in series.items():
     points = []
-    for epoch, record in sorted(records.items()):
-      value = record
+    for epoch, summary in sorted(summaries.items()):
+      value = summary
       for part in key.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
       if isinstance(value, (int, float)) and not isinstance(value, bool):

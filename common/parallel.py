@@ -38,11 +38,11 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from common import exec_cache
+from common.types import PyTree
 
 AXIS = "data"
 PARALLEL_MODES = ("shard_map", "pmap")
 
-PyTree = Any
 StepBody = Callable[..., tuple[PyTree, Mapping[str, jax.Array]]]
 
 
@@ -50,6 +50,20 @@ def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh named `AXIS` over `devices` (default: all devices of all processes)."""
   devices = list(jax.devices() if devices is None else devices)
   return Mesh(np.asarray(devices), (AXIS,))
+
+
+@functools.cache
+def default_mesh() -> Mesh:
+  """The run's mesh over every device of every process (built once: the
+  driver's steps and anything sharded beside them share it)."""
+  return make_mesh()
+
+
+@functools.cache
+def local_mesh() -> Mesh:
+  """The mesh over this process's devices (built once: CSCC's per-process
+  pass and the encoder's batches share it)."""
+  return make_mesh(jax.local_devices())
 
 
 def num_shards() -> jax.Array:
@@ -153,7 +167,7 @@ class DataParallel:
     if self.mode not in PARALLEL_MODES:
       raise ValueError(f"parallel={self.mode!r}: expected one of {PARALLEL_MODES}")
     if self.mesh is None:
-      self.mesh = make_mesh()
+      self.mesh = default_mesh()
     self.local_devices = [d for d in self.mesh.devices.flat
                           if d.process_index == jax.process_index()]
     # chex counts traces per (source, name): a name unique to this driver makes
@@ -234,7 +248,7 @@ class DataParallel:
     placed = bool(context) and all(isinstance(v, jax.Array)
                                    for v in jax.tree.leaves(context))
     if not placed:
-      context = jax.tree.map(lambda v: np.asarray(v, np.int32), context)
+      context = jax.tree.map(_context_value, context)
     if self.mode == "pmap":
       n = len(self.local_devices)
       if not placed:
@@ -256,6 +270,15 @@ class DataParallel:
     if jax.process_count() > 1 and not placed:
       context = jax.tree.map(lambda v: put_replicated(v, self._replicated), context)
     return fn(dstate, dbatch, dextras, context)
+
+
+def _context_value(value: Any) -> np.ndarray:
+  """A context value on the host: integers as int32 (epoch, step_in_epoch),
+  floating scalars (an epoch's estimates) as float32."""
+  value = np.asarray(value)
+  if np.issubdtype(value.dtype, np.floating):
+    return value.astype(np.float32)
+  return value.astype(np.int32)
 
 
 def process_rows(n: int) -> tuple[int, int]:

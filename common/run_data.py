@@ -88,13 +88,18 @@ class RunData:
     return self.corrupted is not None
 
   def train_arrays(self) -> dict[str, np.ndarray]:
-    """What the loop feeds: features, noisy labels, and (diagnostics only) the truth."""
-    arrays = {"image": self.splits.train.image, "text": self.splits.train.text,
-              "labels": self.train_labels}
-    if self.truth_known:
-      arrays.update(truth_labels=self.splits.train.labels,
-                    truth_corrupted=np.asarray(self.corrupted, bool))
-    return arrays
+    """What the loop feeds: features and the (noisy) labels the run trains on."""
+    return {"image": self.splits.train.image, "text": self.splits.train.text,
+            "labels": self.train_labels}
+
+  def truth(self) -> dict[str, np.ndarray] | None:
+    """The training split's truth, for the epoch summaries' diagnostics only
+    (never in a training batch): {"corrupted": (N,) bool, "labels": (N, C)
+    clean labels}, or None when unknown (the user's own noisy labels)."""
+    if not self.truth_known:
+      return None
+    return {"corrupted": np.asarray(self.corrupted, bool),
+            "labels": self.splits.train.labels}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

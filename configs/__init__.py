@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = ("scbch", "dcgmh")
+from common import methods as _methods
+
+# Every registered method (common.methods.REGISTRY), in registry order.
+METHODS = tuple(_methods.REGISTRY)
 
 
 def key_docs(method: str) -> dict[str, str]:

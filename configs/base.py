@@ -10,7 +10,7 @@ from ml_collections import config_dict
 # beside the key's value, and docs/config.md's key table is generated from it
 # (tests/test_readme.py keeps both in sync with get_config()).
 DOCS = {
-    "method": "which method (common.experiment.METHODS): scbch or dcgmh",
+    "method": "which method (common.methods.REGISTRY): scbch or dcgmh",
     "variant": "a named loss variant / ablation: SCBCH full, no_cscc, no_quant, "
                "no_shift, no_bsch, ce_only (scbch_jax.objectives); DCGMH full, "
                "no_filter, no_reconstruction, no_unsup, no_separation, "
@@ -134,7 +134,7 @@ def base_config(method: str, dataset: str, *, noise_protocol: str,
   c.param_dtype = "float32"     # parameters and optimiser state
   # --- reproducing the releases on purpose (labelled in every output) ----------
   # False | True (every quirk of the method's release) | "name1,name2" (only
-  # those; common.train_loop.method_quirks lists them). Typed `object` so that
+  # those; common.methods.all_quirks(spec) lists them). Typed `object` so that
   # --config.release_compat takes a bool or a string.
   c.release_compat = config_dict.FieldReference(False, field_type=object)
   return c

@@ -5,7 +5,6 @@
     results = dcgmh_jax.run(dcgmh_configs.get_config("synthetic:tiny"), "runs/t")
 """
 
-from common import experiment as _experiment
 from dcgmh_jax.augment import augment_image
 from dcgmh_jax.augment import augment_text
 from dcgmh_jax.augment import swap_permutation
@@ -27,15 +26,23 @@ from dcgmh_jax.noise_filter import init_bank
 from dcgmh_jax.noise_filter import noisy_count
 from dcgmh_jax.noise_filter import reconstruct_labels
 from dcgmh_jax.noise_filter import update_bank
+from dcgmh_jax.train import SPEC
 from dcgmh_jax.train import DcgmhMethod
 from dcgmh_jax.train import DcgmhState
 from dcgmh_jax.train import make_optimizer
 
 
-run = _experiment.runner("dcgmh")
+
+
+def run(config, workdir: str, **kwargs) -> dict:
+  """Trains and evaluates DCGMH from a configs/dcgmh.py config; see
+  common.experiment.run."""
+  from common import experiment  # pylint: disable=g-import-not-at-top  (no cycle)
+  return experiment.run_method("dcgmh", config, workdir, **kwargs)
 
 
 __all__ = [
+    "SPEC",
     "VARIANTS",
     "DcgmhMethod",
     "DcgmhNet",

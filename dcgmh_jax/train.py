@@ -33,7 +33,7 @@ float32 before the losses, the filter, the bank and every decision.
 
 config.release_compat (True: all; or a comma-separated string of names)
 reproduces the DCGMH release's quirks (RELEASE_QUIRKS below), each named in
-the run's settings (common.train_loop.loop_plan(...).release_compat):
+the run's settings (common.methods.RunPlan.release_compat):
   bn_eval_after_first_eval: BatchNorm in INFERENCE mode (running statistics,
       no update) in every training step of epochs >= RELEASE_FIRST_EVAL_EPOCH
       (= 5, 0-based): the release evaluates after its (1-based) epochs 5,
@@ -52,7 +52,7 @@ the run's settings (common.train_loop.loop_plan(...).release_compat):
       batch variance, × n/(n−1), n the rows in the statistics over all
       devices); training-mode normalisation unchanged (model.BatchNorm).
 The loop's quirks (partial_last_batch, eval_every_5) are in
-common.train_loop.LOOP_QUIRKS. Not reproduced: an extra augmented forward pass
+common.quirks.LOOP_QUIRKS. Not reproduced: an extra augmented forward pass
 over the whole batch whose output is unused (spec/dcgmh.md lists no such
 pass; the published release's engine.py, the one its main.py runs, has none —
 only its engine-variant.py does).
@@ -70,11 +70,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from common import methods
 from common import parallel
 from common.codes import to_codes
 from common.data import pipeline
 from common.run_config import ConfigError, check, check_choice, check_positive
-from common.train_loop import Quirk, active_quirks, quirk_registry
+from common.quirks import Quirk, quirk_registry
 from dcgmh_jax import augment
 from dcgmh_jax import objectives
 from dcgmh_jax import noise_filter as nf
@@ -87,7 +88,7 @@ DTYPES = ("float32", "bfloat16")
 # with BN in eval mode.
 RELEASE_FIRST_EVAL_EPOCH = 5
 # config.release_compat: the DCGMH release's own quirks (the loop's are in
-# common.train_loop.LOOP_QUIRKS); names, one-line labels, registry order.
+# common.quirks.LOOP_QUIRKS); names, one-line labels, registry order.
 RELEASE_QUIRKS = quirk_registry(
     Quirk("bn_eval_after_first_eval",
           "BatchNorm in inference mode (running statistics, not updated) in every "
@@ -140,7 +141,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "must be in (0, 1]: the largest estimated tau (static buffer size)")
   check(isinstance(config.get("augment_whole_batch", False), bool), "augment_whole_batch",
         config.get("augment_whole_batch"), "must be a bool")
-  active_quirks(config, "dcgmh")  # ConfigError naming config.release_compat
 
 
 def check_dtypes(config: ml_collections.ConfigDict) -> None:
@@ -217,23 +217,16 @@ def _zero_diagnostics() -> dict:
 
 
 class DcgmhMethod:
-  """DCGMH plugged into common.train_loop (see train_loop.Method)."""
+  """DCGMH plugged into common.train_loop (see common.methods.Method)."""
 
   name = "dcgmh"
   phases = ("warmup", "robust")
-  empty_queries = "zero"  # the release's mAP convention
-  diagnostics = {"flag precision": "filter.precision",
-                 "flag recall": "filter.recall",
-                 "reconstructed / flagged": "filter.reconstructed_fraction",
-                 "reconstruction accuracy": "filter.reconstruction_accuracy",
-                 "unlabeled / flagged": "filter.unlabeled_fraction",
-                 "tau estimate": "noise_ratio_estimate",
-                 "bank clean fraction": "bank_clean_fraction"}
 
   def __init__(self, config: ml_collections.ConfigDict, *, image_dim: int,
                text_dim: int, train_labels: np.ndarray,
                noise_ratio: float | None, true_noise_ratio: float | None = None,
-               train_truth_labels: np.ndarray | None = None):
+               train_truth_labels: np.ndarray | None = None,
+               quirks: frozenset[str] | None = None):
     """
     Args:
       config: the run config (configs/dcgmh.py keys).
@@ -246,12 +239,15 @@ class DcgmhMethod:
       train_truth_labels: the CLEAN training labels (N, C); used only by
         release_compat's clean_label_reconstruction, which refuses to run
         without them.
+      quirks: the run's active quirk names (common.methods.RunPlan.quirks;
+        default: resolved from config.release_compat).
     """
     self.config = ml_collections.FrozenConfigDict(config)
     self.variant = objectives.VARIANTS[config.variant]
     num_classes = int(np.shape(train_labels)[1])
     # release_compat: the active quirks of the DCGMH release (names).
-    self.quirks = frozenset(active_quirks(config, "dcgmh"))
+    self.quirks = (frozenset(quirks) if quirks is not None
+                   else methods.resolve_plan(config, SPEC).quirks)
     # release_compat's augment_unlabeled_only: the release's pass on U only,
     # whatever augment_whole_batch says.
     self.whole_batch = (bool(config.get("augment_whole_batch", False))
@@ -520,8 +516,9 @@ class DcgmhMethod:
     return {"noise_ratio": np.full(n, float(ratio), np.float32)}
 
   def epoch_summary(self, state: DcgmhState, epoch: int,
-                    extras: Mapping[str, np.ndarray],
-                    train: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str]:
+                    extras: Mapping[str, np.ndarray], train: Mapping[str, np.ndarray],
+                    truth: Mapping[str, np.ndarray] | None = None
+                    ) -> tuple[dict[str, Any], str]:
     truth_known = "truth_corrupted" in train
     summary = {"phase": self.phase(epoch),
                "noise_ratio_estimate": float(state.noise_ratio_estimate),
@@ -581,28 +578,43 @@ def reconstruct_labels_release(sim, bank_sim, bank_clean, bank_labels, truth_lab
           reconstructed)
 
 
-def build(config: ml_collections.ConfigDict, data) -> DcgmhMethod:
+def build(config: ml_collections.ConfigDict, data, plan: methods.RunPlan
+          ) -> DcgmhMethod:
   """The method for a run's config and data (common.experiment calls this)."""
   true_ratio = float(np.mean(data.corrupted)) if data.truth_known else None
-  truth = (data.splits.train.labels if "clean_label_reconstruction" in
-           active_quirks(config, "dcgmh") and data.truth_known else None)
+  truth = (data.splits.train.labels if plan.has("clean_label_reconstruction")
+           and data.truth_known else None)
   return DcgmhMethod(config, image_dim=data.splits.image_dim,
                      text_dim=data.splits.text_dim, train_labels=data.train_labels,
                      noise_ratio=resolve_noise_ratio(config, data),
-                     true_noise_ratio=true_ratio, train_truth_labels=truth)
+                     true_noise_ratio=true_ratio, train_truth_labels=truth,
+                     quirks=plan.quirks)
 
 
-def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any]
-                  ) -> DcgmhMethod:
+def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any],
+                  plan: methods.RunPlan) -> DcgmhMethod:
   """The method of a finished run, from its config.json (for encoding only; the
   bank's labels are placeholders of the right shape, restored from the checkpoint)."""
   ratio = resolved.get("noise_ratio")
   shape = (resolved["train_items"], resolved["num_classes"])
-  placeholder = (np.zeros(shape, np.float32) if "clean_label_reconstruction" in
-                 active_quirks(config, "dcgmh") else None)
+  placeholder = (np.zeros(shape, np.float32)
+                 if plan.has("clean_label_reconstruction") else None)
   return DcgmhMethod(config, image_dim=resolved["image_dim"],
                      text_dim=resolved["text_dim"],
-                     train_labels=np.zeros((resolved["train_items"],
-                                            resolved["num_classes"]), np.float32),
+                     train_labels=np.zeros(shape, np.float32),
                      noise_ratio=None if ratio in (None, "auto") else float(ratio),
-                     train_truth_labels=placeholder)
+                     train_truth_labels=placeholder, quirks=plan.quirks)
+
+
+SPEC = methods.MethodSpec(
+    name="dcgmh", config_module="configs.dcgmh", check_config=check_config,
+    build=build, for_inference=for_inference, directions=methods.MULTI_MODAL,
+    empty_queries="zero",  # the release's mAP convention
+    quirks=RELEASE_QUIRKS,
+    diagnostics={"flag precision": "filter.precision",
+                 "flag recall": "filter.recall",
+                 "reconstructed / flagged": "filter.reconstructed_fraction",
+                 "reconstruction accuracy": "filter.reconstruction_accuracy",
+                 "unlabeled / flagged": "filter.unlabeled_fraction",
+                 "tau estimate": "noise_ratio_estimate",
+                 "bank clean fraction": "bank_clean_fraction"})

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from common import parallel
 from common.codes import l2_normalize
 
 _VOTE_EPS = 1e-8  # added to the neighbour-similarity sum, as in the release
@@ -64,16 +65,9 @@ def _weights_for_rows(u: jax.Array, v: jax.Array, labels: jax.Array,
   if mesh is None:
     return local(feats, labels, row_ids, gamma)
   sharded = jax.shard_map(
-      local, mesh=mesh, in_specs=(P(), P(), P("data"), P()),
-      out_specs=P("data"))
+      local, mesh=mesh, in_specs=(P(), P(), P(parallel.AXIS), P()),
+      out_specs=P(parallel.AXIS))
   return sharded(feats, labels, row_ids, gamma)
-
-
-def _default_mesh() -> Mesh | None:
-  devices = jax.local_devices()
-  if len(devices) == 1:
-    return None
-  return Mesh(np.array(devices), ("data",))
 
 
 def _validate(u, v, labels, k, gamma, block_size, mesh, rows) -> tuple[int, int]:
@@ -90,9 +84,9 @@ def _validate(u, v, labels, k, gamma, block_size, mesh, rows) -> tuple[int, int]
   if (isinstance(block_size, bool)
       or not isinstance(block_size, (int, np.integer)) or block_size < 1):
     raise ValueError(f"`block_size` must be an integer >= 1, got {block_size!r}.")
-  if mesh is not None and tuple(mesh.axis_names) != ("data",):
-    raise ValueError(
-        f"`mesh` must be 1-D with axis 'data', got axes {mesh.axis_names}.")
+  if mesh is not None and tuple(mesh.axis_names) != (parallel.AXIS,):
+    raise ValueError(f"`mesh` must be 1-D with axis {parallel.AXIS!r}, got axes "
+                     f"{mesh.axis_names}.")
   if rows is None:
     start, stop = 0, n
   else:
@@ -167,7 +161,7 @@ def neighbour_consistency_weights(
   start, stop = _validate(u, v, labels, k, gamma, block_size, mesh, rows)
   n = u.shape[0]
   if mesh is None:
-    mesh = _default_mesh()
+    mesh = parallel.local_mesh()
   num_devices = 1 if mesh is None else mesh.size
   num_rows = stop - start
   block = min(block_size, math.ceil(num_rows / num_devices))

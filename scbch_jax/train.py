@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from common import methods
 from common import parallel
 from common.codes import l2_normalize, to_codes
 from common.data import pipeline
@@ -31,8 +32,8 @@ from common.run_config import check, check_choice, check_positive, check_widths
 from scbch_jax import cscc
 from scbch_jax import objectives
 from scbch_jax.model import ScbchNet
+from common.types import PyTree
 
-PyTree = Any
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -70,14 +71,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 class ScbchMethod:
-  """SCBCH plugged into common.train_loop (see train_loop.Method)."""
+  """SCBCH plugged into common.train_loop (see common.methods.Method)."""
 
   name = "scbch"
   phases = (None,)  # CSCC on/off is data (weights of ones), not a recompile
-  empty_queries = "skip"  # the release's mAP convention
-  diagnostics = {"CSCC weight AUC vs corrupted": "weight_auc_corrupted",
-                 "mean weight, corrupted": "weight_mean_corrupted",
-                 "mean weight, clean": "weight_mean_clean"}
+  resolved: Mapping[str, Any] = {}  # nothing resolved from the data
 
   def __init__(self, config: ml_collections.ConfigDict, *, image_dim: int,
                text_dim: int, num_classes: int,
@@ -193,8 +191,9 @@ class ScbchMethod:
     return {"weight": parallel.gather_process_rows(np.asarray(weights, np.float32), n)}
 
   def epoch_summary(self, state: TrainState, epoch: int,
-                    extras: Mapping[str, np.ndarray],
-                    train: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str]:
+                    extras: Mapping[str, np.ndarray], train: Mapping[str, np.ndarray],
+                    truth: Mapping[str, np.ndarray] | None = None
+                    ) -> tuple[dict[str, Any], str]:
     w = extras["weight"]
     summary = {"cscc_active": self.uses_cscc and epoch >= self.config.cscc_start_epoch,
                "weight_mean": float(w.mean()), "weight_std": float(w.std()),
@@ -202,7 +201,7 @@ class ScbchMethod:
     if not summary["cscc_active"]:
       return summary, ""
     line = f"CSCC weights mean {summary['weight_mean']:.3f} (min {summary['weight_min']:.3f})"
-    corrupted = train.get("truth_corrupted")
+    corrupted = None if truth is None else truth["corrupted"]
     if corrupted is not None and 0 < corrupted.sum() < len(corrupted):
       # How well low weights find the corrupted items (0.5 = chance).
       summary["weight_auc_corrupted"] = float(cscc.consistency_auc(w, corrupted))
@@ -214,8 +213,10 @@ class ScbchMethod:
     return summary, line
 
 
-def build(config: ml_collections.ConfigDict, data) -> ScbchMethod:
+def build(config: ml_collections.ConfigDict, data, plan: methods.RunPlan
+          ) -> ScbchMethod:
   """The method for a run's config and data (common.experiment calls this)."""
+  del plan  # SCBCH's release quirks are all the loop's
   check(config.k < len(data.train_labels), "k", config.k,
         f"needs more training items than {len(data.train_labels)}")
   return ScbchMethod(config, image_dim=data.splits.image_dim,
@@ -223,8 +224,18 @@ def build(config: ml_collections.ConfigDict, data) -> ScbchMethod:
                      num_classes=data.splits.num_classes)
 
 
-def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any]
-                  ) -> ScbchMethod:
+def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any],
+                  plan: methods.RunPlan) -> ScbchMethod:
   """The method of a finished run, from its config.json (for encoding only)."""
+  del plan
   return ScbchMethod(config, image_dim=resolved["image_dim"],
                      text_dim=resolved["text_dim"], num_classes=resolved["num_classes"])
+
+
+SPEC = methods.MethodSpec(
+    name="scbch", config_module="configs.scbch", check_config=check_config,
+    build=build, for_inference=for_inference, directions=methods.CROSS_MODAL,
+    empty_queries="skip",  # the release's mAP convention
+    diagnostics={"CSCC weight AUC vs corrupted": "weight_auc_corrupted",
+                 "mean weight, corrupted": "weight_mean_corrupted",
+                 "mean weight, clean": "weight_mean_clean"})

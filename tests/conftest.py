@@ -18,13 +18,14 @@ def _restore_checkpoint(workdir, step):
   """(params, extras) of checkpoint `step` of a finished run's workdir."""
   import json  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from common import experiment, run_config  # pylint: disable=g-import-not-at-top
+  from common import methods, run_config  # pylint: disable=g-import-not-at-top
   from common.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   workdir = str(workdir)
   config = run_config.load(workdir)
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     resolved = json.load(f)["resolved"]
-  method = experiment.method_module(config.method).for_inference(config, resolved)
+  spec = methods.get_spec(config.method)
+  method = spec.for_inference(config, resolved, methods.resolve_plan(config, spec))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=100)
   try:
     state, extras, _ = ckpt.restore(step, state_template=jax.eval_shape(method.init_state))

@@ -19,7 +19,8 @@ import pytest
 from common import evaluation
 from common import experiment
 from common import plots
-from common import train_loop
+from common import methods
+from common import quirks
 from common.data import pipeline
 from common.reporting import read_jsonl
 from common.run_config import ConfigError
@@ -230,17 +231,17 @@ def test_partial_batch_must_divide_over_the_devices(tmp_path):
 
 
 def test_registries_name_every_quirk_with_a_label_and_its_methods():
-  scbch = train_loop.method_quirks("scbch")
-  dcgmh = train_loop.method_quirks("dcgmh")
+  scbch = methods.all_quirks(methods.get_spec("scbch"))
+  dcgmh = methods.all_quirks(methods.get_spec("dcgmh"))
   assert list(scbch) == ["partial_last_batch", "eval_at_epoch_start"]
   assert list(dcgmh) == ["partial_last_batch", "eval_every_5", "bn_eval_after_first_eval",
                          "augment_unlabeled_only", "clean_label_reconstruction",
                          "bn_unbiased_running_var"]
   for name, quirk in {**scbch, **dcgmh}.items():
     assert quirk.name == name and quirk.label and "\n" not in quirk.label
-  assert train_loop.LOOP_QUIRKS["partial_last_batch"].methods is None  # both releases
-  assert train_loop.LOOP_QUIRKS["eval_at_epoch_start"].methods == ("scbch",)
-  assert train_loop.LOOP_QUIRKS["eval_every_5"].methods == ("dcgmh",)
+  assert quirks.LOOP_QUIRKS["partial_last_batch"].methods is None  # both releases
+  assert quirks.LOOP_QUIRKS["eval_at_epoch_start"].methods == ("scbch",)
+  assert quirks.LOOP_QUIRKS["eval_every_5"].methods == ("dcgmh",)
 
 
 @pytest.mark.parametrize("method, value, want", [
@@ -262,13 +263,15 @@ def test_registries_name_every_quirk_with_a_label_and_its_methods():
 ])
 def test_each_quirk_sets_only_its_part_of_the_loop(method, value, want):
   config = (_scbch if method == "scbch" else _dcgmh)(release_compat=value)
-  plan = train_loop.loop_plan(config, method)
+  plan = methods.resolve_plan(config)
   want = dict(want)
   names = want.pop("release_compat", None if value is False else
-                   list(train_loop.method_quirks(method)) if value is True else [value])
+                   list(methods.all_quirks(methods.get_spec(method))) if value is True
+                   else [value])
   assert plan.release_compat is None if names is None else list(plan.release_compat) == names
+  assert plan.quirks == frozenset(names or ())
   for key, value in want.items():
-    assert getattr(plan, key) == value, key
+    assert getattr(plan.loop, key) == value, key
 
 
 @pytest.mark.parametrize("method, value, match", [
@@ -303,7 +306,7 @@ def test_the_start_of_epoch_quirk_alone_keeps_full_batches(tmp_path, batch_sizes
 
 
 def test_labels_in_tables_and_plot_titles():
-  labels = {n: q.label for n, q in train_loop.method_quirks("dcgmh").items()}
+  labels = {n: q.label for n, q in methods.all_quirks(methods.get_spec("dcgmh")).items()}
   short = plots.release_compat_note(labels)
   assert short.startswith("[release_compat: partial_last_batch, eval_every_5, ")
   assert "clean_label_reconstruction (leaks ground truth)" in short

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from common import data as data_lib
+from common import methods
 from common import metrics
 from common.evaluator import RetrievalEvaluator
 from common.run_config import ConfigError
@@ -54,16 +55,20 @@ def _arrays(noisy, corrupted):
           "truth_labels": SPLITS.train.labels, "truth_corrupted": corrupted}
 
 
-def _evaluator(empty_queries="skip"):
+def _evaluator(name):
+  spec = methods.get_spec(name)
   return RetrievalEvaluator({"test": (SPLITS.query, SPLITS.database),
                              "val": (SPLITS.query, SPLITS.database)},
-                            empty_queries=empty_queries)
+                            directions=spec.directions, empty_queries=spec.empty_queries)
 
 
 def train(method, arrays, config, workdir, **kwargs):
   kwargs.setdefault("log", lambda _: None)
+  if "truth_corrupted" in arrays:
+    kwargs.setdefault("truth", {"corrupted": arrays["truth_corrupted"],
+                                "labels": arrays["truth_labels"]})
   return loop_train(method, arrays, config, str(workdir),
-                    evaluator=_evaluator(method.empty_queries), **kwargs)
+                    evaluator=_evaluator(method.name), **kwargs)
 
 
 class _Crash(Exception):
