@@ -32,7 +32,7 @@ import optax
 from common import parallel
 from common.codes import to_codes
 from common.data import pipeline
-from common.methods import MethodSpec
+from common import methods
 from common.quirks import Quirk, quirk_registry
 from common.run_config import check, check_choice, check_positive, check_widths
 from nrch_jax import dns
@@ -297,10 +297,10 @@ def for_inference(config: ml_collections.ConfigDict, resolved: Mapping[str, Any]
                     options=options_from_plan(plan))
 
 
-SPEC = MethodSpec(
+SPEC = methods.MethodSpec(
     name="nrch", config_module="configs.nrch", check_config=check_config,
     build=build, for_inference=for_inference, quirks=RELEASE_QUIRKS,
-    directions={"i2t": ("image", "text"), "t2i": ("text", "image")},
+    directions=methods.CROSS_MODAL,
     empty_queries="skip",  # the release's mAP convention (as SCBCH's)
     diagnostics={"DNS precision (selected items not corrupted)": "dns_precision",
                  "DNS recall (clean items selected)": "dns_recall",
