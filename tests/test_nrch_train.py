@@ -61,7 +61,7 @@ def _run(method, mode, devices, steps=3):
 
 
 def ref_objective(u, v, p, y, clean, *, lam, m, s, tau, double_tanh=False,
-                  twice=False):
+                  twice=False, share_labels=True, quant_weight=None):
   """The release's form: slice the batch to the clean items, then the losses."""
   idx = clean > 0
   if not idx.any():
@@ -74,7 +74,7 @@ def ref_objective(u, v, p, y, clean, *, lam, m, s, tau, double_tanh=False,
     d = np.diag(sim)
     cost = np.where(sim >= d[:, None] - m, sim, sim - s)
     np.fill_diagonal(cost, np.maximum(d, 0))
-    share = (y @ y.T > 0).astype(float)
+    share = (y @ y.T > 0).astype(float) * share_labels
     np.fill_diagonal(share, 0)
     return -d + tau * np.log(np.exp(cost / tau * (1 - share)).sum(1)) + m
 
@@ -84,7 +84,27 @@ def ref_objective(u, v, p, y, clean, *, lam, m, s, tau, double_tanh=False,
            + ((np.abs(vt) - 1 / np.sqrt(k)) ** 2).mean(1))
   z = 2 * y - 1
   proto = ((z - u @ p.T) ** 2 + (z - v @ p.T) ** 2).mean()
-  return float(np.mean(lam * rch + (1 - lam) * quant) + proto)
+  quant_weight = 1 - lam if quant_weight is None else quant_weight
+  return float(np.mean(lam * rch + quant_weight * quant) + proto)
+
+
+def _objective_values(method, objective, options=objectives.Options()):
+  """(objective's global value, NumPy inputs) on each of the test batches."""
+  cfg = method.config
+  spec = jax.sharding.PartitionSpec
+  rows = spec(parallel.AXIS)
+  value = jax.jit(jax.shard_map(
+      lambda u, v, p, y, c: jax.lax.psum(objective(
+          {"u": u, "v": v, "prototypes": p}, y, c, cfg, options)[0], parallel.AXIS),
+      mesh=parallel.make_mesh(jax.devices()[:1]),
+      in_specs=(rows, rows, spec(), rows, rows), out_specs=spec()))
+  params = method.init_state().params
+  for batch, extras in _batches(3):
+    out = jax.device_get(method.model.apply({"params": params}, batch["image"],
+                                            batch["text"]))
+    got = value(out["u"], out["v"], out["prototypes"], batch["labels"], extras["clean"])
+    yield float(got), (out["u"], out["v"], out["prototypes"], batch["labels"],
+                       extras["clean"])
 
 
 @pytest.mark.parametrize("double_tanh,twice", [(False, False), (True, False),
@@ -94,22 +114,27 @@ def test_objective_matches_the_sliced_numpy_reference(double_tanh, twice):
   method = _method()
   cfg = method.config
   options = objectives.Options(double_tanh, twice)
-  spec = jax.sharding.PartitionSpec
-  rows = spec(parallel.AXIS)
-  value = jax.jit(jax.shard_map(
-      lambda u, v, p, y, c: jax.lax.psum(method.objective(
-          {"u": u, "v": v, "prototypes": p}, y, c, cfg, options)[0], parallel.AXIS),
-      mesh=parallel.make_mesh(jax.devices()[:1]),
-      in_specs=(rows, rows, spec(), rows, rows), out_specs=spec()))
-  params = method.init_state().params
-  for batch, extras in _batches(3):
-    out = jax.device_get(method.model.apply({"params": params}, batch["image"],
-                                            batch["text"]))
-    want = ref_objective(out["u"], out["v"], out["prototypes"], batch["labels"],
-                         extras["clean"], lam=cfg.lam, m=cfg.margin, s=cfg.shift,
-                         tau=cfg.tau, double_tanh=double_tanh, twice=twice)
-    got = value(out["u"], out["v"], out["prototypes"], batch["labels"], extras["clean"])
-    assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-6)
+  for got, args in _objective_values(method, method.objective, options):
+    want = ref_objective(*args, lam=cfg.lam, m=cfg.margin, s=cfg.shift, tau=cfg.tau,
+                         double_tanh=double_tanh, twice=twice)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("variant,changes", [
+    ("no_quant", dict(lam=1.0, quant_weight=0.0)),
+    ("no_shift", dict(s=0.0)),
+    ("label_negatives", dict(share_labels=False)),
+])
+def test_each_variant_is_its_reference(variant, changes):
+  method = _method(variant=variant)
+  cfg = method.config
+  kw = dict(lam=cfg.lam, m=cfg.margin, s=cfg.shift, tau=cfg.tau)
+  for got, args in _objective_values(method, objectives.VARIANTS[variant].objective):
+    assert got == pytest.approx(ref_objective(*args, **{**kw, **changes}),
+                                rel=1e-5, abs=1e-6)
+  assert objectives.VARIANTS[variant].uses_dns
+  assert objectives.VARIANTS["no_dns"].objective is objectives.nrch_objective
+  assert not objectives.VARIANTS["no_dns"].uses_dns
 
 
 def test_eight_devices_equal_one_device_and_an_empty_clean_batch_is_a_no_op():
@@ -224,3 +249,24 @@ def test_release_options_come_from_the_plan():
   assert plan.loop.eval_every == 20 and plan.loop.eval_at_epoch_start
   assert plan.loop.selection == "test_queries" and plan.loop.keep_partial
   assert options_from_plan(methods.resolve_plan(_config())) == objectives.Options()
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("lam", 1.5, "must be in [0, 1]"),
+    ("threshold", -0.1, "must be in [0, 1]"),
+    ("gmm_max_iter", 0, "integer >= 1"),
+    ("gmm_tol", 0.0, ""),
+    ("rmsprop_decay", 1.0, "must be in [0, 1)"),
+    ("dns_start_epoch", -1, "integer >= 0"),
+    ("variant", "nope", "label_negatives"),
+    ("release_compat", "eval_at_epoch_start", "SCBCH release"),
+    ("image_hidden", (0,), ""),
+])
+def test_bad_values_are_refused_naming_the_key(key, value, needle):
+  from common import experiment
+  from common.run_config import ConfigError
+  config = _config()
+  config[key] = value
+  with pytest.raises(ConfigError, match=rf"config\.{key}") as raised:
+    experiment.check_config(config)
+  assert needle in str(raised.value)
