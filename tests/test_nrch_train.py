@@ -270,3 +270,25 @@ def test_bad_values_are_refused_naming_the_key(key, value, needle):
   with pytest.raises(ConfigError, match=rf"config\.{key}") as raised:
     experiment.check_config(config)
   assert needle in str(raised.value)
+
+
+def test_configs_release_values_synthetic_arguments_and_locking():
+  for name in ("mirflickr25k", "nuswide21", "nuswide10", "mscoco", "iaprtc12"):
+    c = nrch_configs.get_config(name)
+    assert (c.method, c.dataset, c.noise_protocol, c.noise_rate) == (
+        "nrch", name, "scbch", 0.5)
+    assert (c.lam, c.margin, c.shift, c.tau, c.threshold, c.dns_start_epoch,
+            c.gmm_max_iter, c.gmm_tol, c.gmm_reg_covar, c.lr, c.weight_decay,
+            c.rmsprop_decay, c.rmsprop_eps, c.batch_size, c.epochs, c.eval_every,
+            c.image_hidden, c.text_hidden) == (
+                0.6, 0.2, 1.0, 1.0, 0.3, 19, 10, 0.5, 5e-4, 1e-5, 1e-5, 0.99, 1e-8,
+                128, 100, 20, (8192, 8192), (8192,))
+  assert nrch_configs.get_config().dataset == "synthetic:demo"
+  assert nrch_configs.get_config("synthetic:tiny").dataset == "synthetic:tiny"
+  with pytest.raises(ValueError, match="mirflickr25k"):
+    nrch_configs.get_config("flickr")
+  c = nrch_configs.get_config()
+  with pytest.raises(AttributeError, match="bits"):
+    c.bitz = 3
+  from configs import key_docs
+  assert set(c.keys()) <= set(key_docs("nrch"))  # every key documented
