@@ -88,53 +88,52 @@ def ref_objective(u, v, p, y, clean, *, lam, m, s, tau, double_tanh=False,
   return float(np.mean(lam * rch + quant_weight * quant) + proto)
 
 
-def _objective_values(method, objective, options=objectives.Options()):
-  """(objective's global value, NumPy inputs) on each of the test batches."""
+# (objective, options, changes to the reference): each release option and
+# each variant, checked in ONE compiled program.
+CASES = {
+    "full": ("full", objectives.Options(), {}),
+    "double_tanh": ("full", objectives.Options(double_tanh=True), {"double_tanh": True}),
+    "i2t_twice": ("full", objectives.Options(i2t_twice=True), {"twice": True}),
+    "no_quant": ("no_quant", objectives.Options(), {"lam": 1.0, "quant_weight": 0.0}),
+    "no_shift": ("no_shift", objectives.Options(), {"s": 0.0}),
+    "label_negatives": ("label_negatives", objectives.Options(), {"share_labels": False}),
+}
+
+
+def test_each_release_option_and_variant_is_its_numpy_reference():
+  """The objective (shares summed over a 1-device mesh) equals the release's
+  sliced form, with each release option and each variant's change."""
+  method = _method()
   cfg = method.config
   spec = jax.sharding.PartitionSpec
   rows = spec(parallel.AXIS)
-  value = jax.jit(jax.shard_map(
-      lambda u, v, p, y, c: jax.lax.psum(objective(
-          {"u": u, "v": v, "prototypes": p}, y, c, cfg, options)[0], parallel.AXIS),
-      mesh=parallel.make_mesh(jax.devices()[:1]),
-      in_specs=(rows, rows, spec(), rows, rows), out_specs=spec()))
+
+  def values(u, v, p, y, c):
+    out = {"u": u, "v": v, "prototypes": p}
+    return {name: jax.lax.psum(objectives.VARIANTS[variant].objective(
+        out, y, c, cfg, options)[0], parallel.AXIS)
+            for name, (variant, options, _) in CASES.items()}
+
+  value = jax.jit(jax.shard_map(values, mesh=parallel.make_mesh(jax.devices()[:1]),
+                                in_specs=(rows, rows, spec(), rows, rows),
+                                out_specs=spec()))
+  forward = jax.jit(method.model.apply)
   params = method.init_state().params
-  for batch, extras in _batches(3):
-    out = jax.device_get(method.model.apply({"params": params}, batch["image"],
-                                            batch["text"]))
-    got = value(out["u"], out["v"], out["prototypes"], batch["labels"], extras["clean"])
-    yield float(got), (out["u"], out["v"], out["prototypes"], batch["labels"],
-                       extras["clean"])
-
-
-@pytest.mark.parametrize("double_tanh,twice", [(False, False), (True, False),
-                                               (False, True)])
-def test_objective_matches_the_sliced_numpy_reference(double_tanh, twice):
-  """Each release option changes the objective exactly as the reference says."""
-  method = _method()
-  cfg = method.config
-  options = objectives.Options(double_tanh, twice)
-  for got, args in _objective_values(method, method.objective, options):
-    want = ref_objective(*args, lam=cfg.lam, m=cfg.margin, s=cfg.shift, tau=cfg.tau,
-                         double_tanh=double_tanh, twice=twice)
-    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
-
-
-@pytest.mark.parametrize("variant,changes", [
-    ("no_quant", dict(lam=1.0, quant_weight=0.0)),
-    ("no_shift", dict(s=0.0)),
-    ("label_negatives", dict(share_labels=False)),
-])
-def test_each_variant_is_its_reference(variant, changes):
-  method = _method(variant=variant)
-  cfg = method.config
   kw = dict(lam=cfg.lam, m=cfg.margin, s=cfg.shift, tau=cfg.tau)
-  for got, args in _objective_values(method, objectives.VARIANTS[variant].objective):
-    assert got == pytest.approx(ref_objective(*args, **{**kw, **changes}),
-                                rel=1e-5, abs=1e-6)
-  assert objectives.VARIANTS[variant].uses_dns
+  first = None
+  for batch, extras in _batches(3):
+    out = jax.device_get(forward({"params": params}, batch["image"], batch["text"]))
+    args = (out["u"], out["v"], out["prototypes"], batch["labels"], extras["clean"])
+    got = jax.device_get(value(*args))
+    first = got if first is None else first
+    for name, (_, _, changes) in CASES.items():
+      want = ref_objective(*args, **{**kw, **changes})
+      assert float(got[name]) == pytest.approx(want, rel=1e-5, abs=1e-6), name
+  # On the first batch every option and variant changes the value.
+  assert len({round(float(v), 6) for v in first.values()}) == len(CASES)
   assert objectives.VARIANTS["no_dns"].objective is objectives.nrch_objective
   assert not objectives.VARIANTS["no_dns"].uses_dns
+  assert all(objectives.VARIANTS[v].uses_dns for v, _, _ in CASES.values())
 
 
 def test_eight_devices_equal_one_device_and_an_empty_clean_batch_is_a_no_op():
@@ -215,8 +214,8 @@ def test_epoch_extras_are_dns_of_the_numpy_scores():
            "text": rng.normal(size=(40, D_TXT)).astype(np.float32)}
   train["labels"][7] = 0
   state = method.init_state()
-  out = jax.device_get(method.model.apply({"params": state.params}, train["image"],
-                                          train["text"]))
+  out = jax.device_get(jax.jit(method.model.apply)({"params": state.params},
+                                                   train["image"], train["text"]))
   z = 2 * train["labels"] - 1
   e = (z - out["u"] @ out["prototypes"].T) ** 2 + (z - out["v"] @ out["prototypes"].T) ** 2
   scores = (e * train["labels"]).max(1)
