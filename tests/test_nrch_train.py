@@ -151,6 +151,7 @@ def test_eight_devices_equal_one_device_and_an_empty_clean_batch_is_a_no_op():
                              jax.tree.leaves((states[1].params, states[1].opt_state))):
       np.testing.assert_array_equal(before, after)
     assert float(metrics[1]["skipped"]) == 1.0 and float(metrics[1]["loss"]) == 0.0
+    assert float(metrics[1]["grad_norm"]) == 0.0  # finite: no NaN from the masks
     assert float(metrics[0]["clean_fraction"]) == pytest.approx(CLEAN[0].mean())
     assert int(states[2].step) == 3
     # ... while the one-item batch does move them.
@@ -242,6 +243,13 @@ def test_release_options_come_from_the_plan():
   config = _config(release_compat="double_tanh")
   plan = methods.resolve_plan(config)
   assert options_from_plan(plan) == objectives.Options(double_tanh=True, i2t_twice=False)
+  assert not plan.loop.eval_at_epoch_start and plan.loop.eval_every == 5
+  plan = methods.resolve_plan(_config(release_compat="rch_image_to_text_twice"))
+  assert options_from_plan(plan) == objectives.Options(double_tanh=False, i2t_twice=True)
+  plan = methods.resolve_plan(_config(release_compat="eval_every_20_at_epoch_start"))
+  assert options_from_plan(plan) == objectives.Options()
+  assert (plan.loop.eval_every, plan.loop.eval_at_epoch_start, plan.loop.selection,
+          plan.loop.keep_partial) == (20, True, "test_queries", False)
   config = _config(release_compat=True)
   plan = methods.resolve_plan(config)
   assert options_from_plan(plan) == objectives.Options(True, True)
