@@ -212,3 +212,23 @@ def test_dns_scores_are_the_worst_labelled_error():
   got = np.asarray(losses.dns_scores(u, v, y, p))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   assert got[0] == 0.0  # the empty label row
+
+
+@pytest.mark.parametrize("classes,bits", [(5, 8), (10, 4)])
+def test_model_codes_are_unit_and_w_is_orthogonal_like_torch(classes, bits):
+  from nrch_jax.model import NrchNet
+  net = NrchNet(bits=bits, num_classes=classes, image_hidden=(6,), text_hidden=(6,))
+  rng = np.random.default_rng(11)
+  image = rng.normal(size=(3, 7)).astype(np.float32)
+  text = rng.normal(size=(3, 5)).astype(np.float32)
+  params = net.init(jax.random.key(0), image, text)["params"]
+  w = np.asarray(params["W"], np.float64)
+  assert w.shape == (classes, bits)
+  # torch.nn.init.orthogonal_: orthonormal rows (C <= K) or columns (C > K).
+  gram = w @ w.T if classes <= bits else w.T @ w
+  np.testing.assert_allclose(gram, np.eye(min(classes, bits)), atol=1e-5)
+  out = jax.jit(net.apply)({"params": params}, image, text)
+  np.testing.assert_allclose(np.linalg.norm(out["u"], axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(out["v"], axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(out["prototypes"], np.tanh(w), rtol=1e-5, atol=1e-7)
+  assert set(params) == {"image_tower", "text_tower", "W"}
