@@ -133,6 +133,8 @@ def test_rch_rows_over_a_partition_equal_the_whole_and_t2i_is_the_swap():
   parts = [losses.rch_rows(a[r:r + 2], b, y[r:r + 2], y, clean, r, margin=0.2, shift=1.0)
            for r in range(0, 8, 2)]
   np.testing.assert_allclose(np.concatenate(parts), np.asarray(whole), rtol=1e-6)
+  with pytest.raises(ValueError, match="row_start"):
+    _losses.rch_rows(a[:2], b, y[:2], y, clean, 7, margin=0.2, shift=1.0)
   # Text->image anchored at text i, candidates images, mask vs S_ii on columns.
   t2i = losses.rch_loss(b, a, y, clean, margin=0.2, shift=1.0)
   s = a @ b.T
