@@ -304,4 +304,5 @@ SPEC = methods.MethodSpec(
     empty_queries="skip",  # the release's mAP convention (as SCBCH's)
     diagnostics={"DNS precision (selected items not corrupted)": "dns_precision",
                  "DNS recall (clean items selected)": "dns_recall",
-                 "fraction selected": "clean_fraction"})
+                 "fraction selected": "clean_fraction"},
+    report_columns={"dns_precision": "dns_precision", "dns_recall": "dns_recall"})

@@ -156,7 +156,7 @@ def test_a_registered_toy_method_runs_end_to_end(tmp_path, toy_registered):
 
 def test_a_method_quirk_sets_the_loop_plan_and_eval_every_at_epoch_start(
     tmp_path, toy_registered):
-  config = _config(epochs=3, release_compat="toy_eval_start_every_2")
+  config = _config(epochs=5, release_compat="toy_eval_start_every_2")
   plan = methods.resolve_plan(config)
   assert plan.has("toy_eval_start_every_2")
   assert plan.loop == quirks.LoopPlan(selection="test_queries", eval_every=2,
@@ -166,8 +166,9 @@ def test_a_method_quirk_sets_the_loop_plan_and_eval_every_at_epoch_start(
   evals = [r for r in read_jsonl(str(tmp_path / "metrics.jsonl")) if r["kind"] == "eval"]
   from common import data as data_lib  # pylint: disable=g-import-not-at-top
   steps_per_epoch = len(data_lib.make_synthetic("tiny").train) // 32
-  # Starts of epochs 0 and 2 (0-based); the final model is not evaluated.
-  assert [r["step"] for r in evals] == [0, 2 * steps_per_epoch]
+  # At the start of epoch e when (e + 1) % 2 == 0: the models after 1 and 3 of
+  # the 5 epochs; neither the initial nor the final model is evaluated.
+  assert [r["step"] for r in evals] == [1 * steps_per_epoch, 3 * steps_per_epoch]
   assert all(r["at"] == "epoch_start" for r in evals)
 
 

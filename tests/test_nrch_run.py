@@ -70,10 +70,6 @@ def test_a_tiny_run_prints_its_table_and_resumes_exactly_after_preemption(tmp_pa
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "common/train_loop.py evaluates at the start of epochs e with e % eval_every == 0 "
-    "(and always at epoch 0); the NRCH release evaluates at the start of epochs "
-    "with (e + 1) % 20 == 0 and never the initial model"))
 def test_release_loop_evaluates_before_epochs_e_with_e_plus_1_divisible(
     tmp_path, monkeypatch):
   # The release's rule at period 2 instead of 20 (2 epochs instead of 20).
