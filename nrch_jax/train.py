@@ -35,12 +35,12 @@ from common.data import pipeline
 from common import methods
 from common.quirks import Quirk, quirk_registry
 from common.run_config import check, check_choice, check_positive, check_widths
+from common.types import PyTree
 from nrch_jax import dns
 from nrch_jax import losses
 from nrch_jax import objectives
 from nrch_jax.model import NrchNet
 
-PyTree = Any
 
 # The NRCH release's own behaviours (config.release_compat; the loop's
 # partial_last_batch applies as well). Clean defaults: docs/methods/nrch.md.
