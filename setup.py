@@ -1,4 +1,4 @@
-"""noisy-hashing-jax: SCBCH and DCGMH noisy-label deep hashing in JAX/Flax."""
+"""noisy-hashing-jax: SCBCH, NRCH and DCGMH noisy-label deep hashing in JAX/Flax."""
 
 import setuptools
 
@@ -6,14 +6,15 @@ setuptools.setup(
     name="noisy-hashing-jax",
     version="0.1.0",
     description=(
-        "JAX/Flax noisy-label deep hashing for retrieval: SCBCH (cross-modal) "
-        "and DCGMH (multi-modal)."
+        "JAX/Flax noisy-label deep hashing for retrieval: SCBCH and NRCH "
+        "(cross-modal) and DCGMH (multi-modal)."
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
         include=["common", "common.*", "scbch_jax", "scbch_jax.*",
+                 "nrch_jax", "nrch_jax.*",
                  "dcgmh_jax", "dcgmh_jax.*", "launch", "launch.*", "configs"]),
     install_requires=[
         "jax>=0.10,<0.13",
@@ -54,6 +55,7 @@ setuptools.setup(
         "console_scripts": [
             "nhj-scbch=launch.scbch:cli_main",
             "nhj-dcgmh=launch.dcgmh:cli_main",
+            "nhj-nrch=launch.nrch:cli_main",
             "nhj-evaluate=launch.evaluate:cli_main",
             "nhj-prepare-data=launch.prepare_data:cli_main",
             "nhj-sweep=launch.sweep:cli_main",

@@ -39,7 +39,8 @@ from common.data import pipeline  # noqa: E402
 from common.train_loop import restore_for_eval  # noqa: E402
 from configs import dcgmh as dcgmh_configs  # noqa: E402
 from dcgmh_jax import noise_filter as nf  # noqa: E402
-from dcgmh_jax.train import for_inference  # noqa: E402
+from common import methods  # noqa: E402
+from dcgmh_jax.train import SPEC, for_inference  # noqa: E402
 
 TAUS = (0.2, 0.4, 0.6, 0.8)
 PROTOCOLS = ("scbch", "dcgmh", "symmetric")
@@ -59,8 +60,9 @@ def item_scores(config, workdir):
   """κ of every training item (noisy labels) with the run's final model."""
   experiment.run(config, workdir, log=lambda _: None)
   data = run_data.load_run_data(config)
-  record = experiment._record(config, data, experiment.method_module("dcgmh").build(config, data))
-  method = for_inference(config, record["resolved"])
+  plan = methods.resolve_plan(config, SPEC)
+  record = experiment._record(config, data, SPEC.build(config, data, plan))
+  method = for_inference(config, record["resolved"], plan)
   state, _ = restore_for_eval(method, config, workdir)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   h = pipeline.map_batches(lambda b: method._encode(variables, b["image"], b["text"]),

@@ -96,6 +96,7 @@ def worker(args) -> dict:
   from configs import scbch as configs  # pylint: disable=g-import-not-at-top
   from common import parallel, run_data, train_loop  # pylint: disable=g-import-not-at-top
   from common.codes import l2_normalize  # pylint: disable=g-import-not-at-top
+  from common import methods  # pylint: disable=g-import-not-at-top
   from common.evaluator import RetrievalEvaluator  # pylint: disable=g-import-not-at-top
   from scbch_jax import cscc, train as scbch_train  # pylint: disable=g-import-not-at-top
 
@@ -117,9 +118,11 @@ def worker(args) -> dict:
     return out
 
   data = phase("load", lambda: run_data.load_run_data(config))
-  method = scbch_train.build(config, data)
+  plan = methods.resolve_plan(config, scbch_train.SPEC)
+  method = scbch_train.build(config, data, plan)
   evaluator = RetrievalEvaluator({"test": (data.splits.query, data.splits.database)},
-                                 empty_queries=method.empty_queries)
+                                 directions=scbch_train.SPEC.directions,
+                                 empty_queries=scbch_train.SPEC.empty_queries)
   result = phase("epoch", lambda: train_loop.train(
       method, data.train_arrays(), config, args.workdir, evaluator=evaluator,
       log=lambda _: None))

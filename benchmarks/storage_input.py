@@ -52,6 +52,7 @@ def worker(args) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import scbch as configs  # pylint: disable=g-import-not-at-top
   from common import run_data, train_loop  # pylint: disable=g-import-not-at-top
+  from common import methods  # pylint: disable=g-import-not-at-top
   from common.evaluator import RetrievalEvaluator  # pylint: disable=g-import-not-at-top
   from common.data import pipeline  # pylint: disable=g-import-not-at-top
   from scbch_jax import train as scbch_train  # pylint: disable=g-import-not-at-top
@@ -67,7 +68,8 @@ def worker(args) -> dict:
   start = time.perf_counter()
   data = run_data.load_run_data(config)
   load = time.perf_counter() - start
-  method = scbch_train.build(config, data)
+  plan = methods.resolve_plan(config, scbch_train.SPEC)
+  method = scbch_train.build(config, data, plan)
   train = data.train_arrays()
   # The pure read pass: every batch of one epoch, in order, in this thread.
   start, start_cpu = time.perf_counter(), time.thread_time()
@@ -79,7 +81,8 @@ def worker(args) -> dict:
   read_cpu = time.thread_time() - start_cpu
   start, before = time.perf_counter(), os.times()
   evaluator = RetrievalEvaluator({"test": (data.splits.query, data.splits.database)},
-                                 empty_queries=method.empty_queries)
+                                 directions=scbch_train.SPEC.directions,
+                                 empty_queries=scbch_train.SPEC.empty_queries)
   result = train_loop.train(method, train, config, args.workdir, evaluator=evaluator,
                             log=lambda _: None)
   epoch = time.perf_counter() - start

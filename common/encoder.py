@@ -55,7 +55,7 @@ class Encoder:
   """±1 codes of new items with a trained method (see load_encoder).
 
   Attributes:
-    method_name: "scbch" or "dcgmh" (config.method).
+    method_name: config.method (a common.methods.REGISTRY name).
     bits: code length K.
     modalities: names of the codes `encode` returns: ("image", "text") for a
       cross-modal method (each from its own input), ("fused",) for a

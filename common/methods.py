@@ -31,6 +31,7 @@ from common.types import PyTree
 REGISTRY = {
     "scbch": "scbch_jax.train:SPEC",
     "dcgmh": "dcgmh_jax.train:SPEC",
+    "nrch": "nrch_jax.train:SPEC",
 }
 
 CROSS_MODAL = {"i2t": ("image", "text"), "t2i": ("text", "image")}
@@ -120,7 +121,8 @@ class MethodSpec:
   directions: {name: (query code key, database code key)} the evaluator
   scores; empty_queries: the mAP convention for queries without relevant
   items ("skip" | "zero"); diagnostics: {plot label: dotted key into the
-  epoch summaries}.
+  epoch summaries}; report_columns: {short name: dotted key} of the last
+  epoch summary that sweep reports tabulate (common.report).
   """
   name: str
   config_module: str
@@ -131,6 +133,7 @@ class MethodSpec:
   empty_queries: str
   quirks: Mapping[str, quirks_lib.Quirk] = dataclasses.field(default_factory=dict)
   diagnostics: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  report_columns: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def code_keys(self) -> tuple[str, ...]:

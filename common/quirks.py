@@ -107,9 +107,9 @@ class LoopPlan:
   """The loop's schedule as run: the config's, with the active quirks' plan fields.
 
   eval_every: evaluate after every eval_every-th epoch (0: only at the end);
-  with eval_at_epoch_start the evaluation moves to the START of those epochs
-  (the model after e-1 epochs; epoch 0's start included; the final model is
-  not evaluated, as in the releases that do this).
+  with eval_at_epoch_start the evaluation moves to the START of epoch e
+  (0-based; the model after e epochs) when (e + 1) % eval_every == 0, and
+  the final model is not evaluated, as in the releases that do this.
   """
   selection: str
   eval_every: int

@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from common import methods
 from common import run_config
 from common import workdir as workdir_lib
 
@@ -49,11 +50,6 @@ AXES = ("method", "dataset", "variant", "noise_protocol", "noise_rate", "bits")
 DIRECTION_NAMES = {"i2t": "I→T", "t2i": "T→I", "fused": "fused"}
 DIRECTION_TEX = {"i2t": r"I$\rightarrow$T", "t2i": r"T$\rightarrow$I", "fused": "fused"}
 DIRECTION_ORDER = ("i2t", "t2i", "fused")
-# metrics.jsonl "epoch" record keys (dotted) -> diagnostics name, per method.
-DIAGNOSTICS = {
-    "dcgmh": {"filter_precision": "filter.precision", "filter_recall": "filter.recall"},
-    "scbch": {"cscc_weight_auc": "weight_auc_corrupted"},
-}
 TEST_QUERIES = "test_queries"
 DAGGER_NOTE = ("selected on the TEST queries (`selection=test_queries`, the releases' "
                "protocol; optimistic)")
@@ -183,8 +179,10 @@ def collect(root: str, *, skip: Sequence[str] = ()) -> tuple[list[Run], list[str
       problems.append(f"{name}: missing: no mAP in {method}_final_results.json")
       continue
     record = _last_epoch_record(workdir)
-    diagnostics = {label: _dotted(record, key)
-                   for label, key in DIAGNOSTICS.get(method, {}).items()}
+    # The method's report columns: {name: dotted key of the "epoch" record}.
+    columns = (methods.get_spec(method).report_columns
+               if method in methods.REGISTRY else {})
+    diagnostics = {label: _dotted(record, key) for label, key in columns.items()}
     runs.append(Run(name=name, config=run_config._flat(config),  # pylint: disable=protected-access
                     maps=maps, selection=str(settings.get("selection", config.get("selection"))),
                     diagnostics={k: v for k, v in diagnostics.items() if v is not None}))

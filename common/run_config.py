@@ -29,6 +29,8 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
+from common.errors import ConfigError  # noqa: F401  (raised and re-exported here)
+
 CONFIG_FILE = "config.json"
 # Keys that change how a run is driven, not what it computes: a resumed run
 # may change them (e.g. more epochs, a different driver).
@@ -52,10 +54,6 @@ STATE_LAYOUT_SINCE = {"dcgmh": 3}
 RECORD_KEYS = ("resolved", VERSION_KEY, DATA_KEY)
 # Where the data lives; with fingerprints on both sides they do not decide.
 PATH_KEYS = ("data_dir", "tfds_dir")
-
-
-class ConfigError(ValueError):
-  """A config value that cannot run; the message names `config.<key>`."""
 
 
 def check(ok: bool, key: str, value: Any, requirement: str) -> None:
@@ -138,9 +136,8 @@ def key_default(method: str, key: str) -> tuple[bool, Any]:
 
 def _dataset_kind(value: Any) -> Any:
   """folder:<path> -> 'folder:' (the path is not the identity); else as is."""
-  if isinstance(value, str) and value.startswith("folder:"):
-    return "folder:"
-  return value
+  from common.data import names  # pylint: disable=g-import-not-at-top
+  return names.FOLDER if names.folder_path(value) is not None else value
 
 
 def _absolute(key: str, value: Any) -> Any:
@@ -148,8 +145,10 @@ def _absolute(key: str, value: Any) -> Any:
     return value
   if key in PATH_KEYS and isinstance(value, str) and value:
     return os.path.abspath(os.path.expanduser(value))
-  if key == "dataset" and isinstance(value, str) and value.startswith("folder:"):
-    return "folder:" + os.path.abspath(os.path.expanduser(value[len("folder:"):]))
+  from common.data import names  # pylint: disable=g-import-not-at-top
+  path = names.folder_path(value) if key == "dataset" else None
+  if path is not None:
+    return names.FOLDER + os.path.abspath(os.path.expanduser(path))
   return value
 
 

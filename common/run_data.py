@@ -39,27 +39,13 @@ from common.data import Split, Splits
 from common.data import real as real_lib
 from common.data import stored
 from common.data import noise as noise_lib
+from common.data.names import folder_path, parse_dataset
 from common.run_config import ConfigError, check
 
 NOISE_PROTOCOLS = ("scbch", "dcgmh", "symmetric", "release", "none")
-SOURCES = ("synthetic", "tfds", "folder", "real", "benchmark")
 # config.input: features in host memory, or read by row from the prepared
 # array_record files (common.data.stored; per-host feature memory O(batch)).
 INPUTS = ("memory", "storage")
-
-
-def parse_dataset(spec: str) -> tuple[str, str]:
-  """config.dataset -> (source, name): the one parser of dataset names."""
-  if not isinstance(spec, str):
-    raise ConfigError(f"config.dataset={spec!r}: expected a string")
-  source, sep, name = spec.partition(":")
-  if sep and source in ("synthetic", "tfds", "folder", "real") and name:
-    return source, name
-  if not sep and spec in data_lib.BENCHMARKS:
-    return "benchmark", spec
-  raise ConfigError(
-      f"config.dataset={spec!r}: expected synthetic:<size>, tfds:<name>, "
-      f"folder:<path>, real:<name> or one of {tuple(data_lib.BENCHMARKS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,9 +278,9 @@ def resolve_paths(config: ml_collections.ConfigDict) -> None:
   absolute (in place; `~` expanded; URLs left as they are)."""
   # (A URL such as gs://bucket/dir is left as it is.)
   absolute = lambda p: p if "://" in p else os.path.abspath(os.path.expanduser(p))
-  dataset = config.get("dataset")
-  if isinstance(dataset, str) and dataset.startswith("folder:") and len(dataset) > 7:
-    config.dataset = "folder:" + absolute(dataset[len("folder:"):])
+  path = folder_path(config.get("dataset"))
+  if path is not None:
+    config.dataset = "folder:" + absolute(path)
   for key in ("data_dir", "tfds_dir"):
     if isinstance(config.get(key), str) and config[key]:
       config[key] = absolute(config[key])

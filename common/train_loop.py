@@ -271,9 +271,12 @@ class _Loop:
       raise self.guard.error(position.global_step)
 
   def _evaluates_at_start(self, epoch: int) -> bool:
-    """eval_at_epoch_start: is the start of `epoch` an evaluation point?"""
-    every = max(self.loop.eval_every, 1)
-    return epoch % every == 0
+    """eval_at_epoch_start: is the start of `epoch` (0-based) an evaluation
+    point? The releases evaluate the model after e epochs at the start of
+    epoch e when (e + 1) % eval_every == 0: every epoch's start (epoch 0's,
+    the initial model, included) with eval_every=1 (SCBCH), the models after
+    19, 39, ... epochs with 20 (NRCH)."""
+    return (epoch + 1) % max(self.loop.eval_every, 1) == 0
 
   # --- one epoch -----------------------------------------------------------------------
 
@@ -386,7 +389,8 @@ class _Loop:
             f"{position.global_step} kept; re-run the same command to resume"
             if self.resumed else "preempted during start-up, before the first "
             "step; nothing to save; re-run the same command to start"))
-      if self.loop.eval_at_epoch_start and not self.resumed:
+      if (self.loop.eval_at_epoch_start and not self.resumed
+          and self._evaluates_at_start(0)):
         # The release's evaluation before the first epoch (the initial model),
         # checkpointed at step 0 so that it can be selected.
         score = self.evaluate(position, self.driver.get_state(position.dstate),

@@ -10,11 +10,12 @@ from ml_collections import config_dict
 # beside the key's value, and docs/config.md's key table is generated from it
 # (tests/test_readme.py keeps both in sync with get_config()).
 DOCS = {
-    "method": "which method (common.methods.REGISTRY): scbch or dcgmh",
+    "method": "which method (common.methods.REGISTRY): scbch, dcgmh or nrch",
     "variant": "a named loss variant / ablation: SCBCH full, no_cscc, no_quant, "
                "no_shift, no_bsch, ce_only (scbch_jax.objectives); DCGMH full, "
                "no_filter, no_reconstruction, no_unsup, no_separation, "
-               "center_only (dcgmh_jax.objectives)",
+               "center_only (dcgmh_jax.objectives); NRCH full, no_dns, no_quant, "
+               "no_shift, label_negatives (nrch_jax.objectives)",
     "dataset": "synthetic:<size> (tiny, demo, mirflickr25k, nuswide21, mscoco, "
                "iaprtc12), a benchmark name read from data_dir, tfds:<name> read "
                "from tfds_dir (built by nhj-prepare-data), folder:<path> (your "
@@ -42,7 +43,7 @@ DOCS = {
     "noise_rate": "fraction of corrupted training items (bit-flip probability "
                   "for symmetric)",
     "noise_seed": "seed of the noise draw",
-    "epochs": "training epochs (benchmark presets: SCBCH 50, DCGMH 150)",
+    "epochs": "training epochs (benchmark presets: SCBCH 50, DCGMH 150, NRCH 100)",
     "batch_size": "GLOBAL batch over all devices and processes; an epoch drops "
                   "the last partial batch (trained with release_compat's "
                   "partial_last_batch)",

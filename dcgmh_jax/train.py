@@ -525,4 +525,6 @@ SPEC = methods.MethodSpec(
                  "reconstruction accuracy": "filter.reconstruction_accuracy",
                  "unlabeled / flagged": "filter.unlabeled_fraction",
                  "tau estimate": "noise_ratio_estimate",
-                 "bank clean fraction": "bank_clean_fraction"})
+                 "bank clean fraction": "bank_clean_fraction"},
+    report_columns={"filter_precision": "filter.precision",
+                    "filter_recall": "filter.recall"})

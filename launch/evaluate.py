@@ -143,11 +143,13 @@ def workdir_codes(workdir: str) -> str:
   """The codes file a method launcher wrote into `workdir`."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir: no directory at {workdir!r}.")
-  found = [os.path.join(workdir, f"{m}_codes.npz") for m in ("scbch", "dcgmh")]
-  found = [p for p in found if os.path.isfile(p)]
+  from common import methods  # pylint: disable=g-import-not-at-top
+  names = [f"{m}_codes.npz" for m in methods.REGISTRY]
+  found = [os.path.join(workdir, n) for n in names
+           if os.path.isfile(os.path.join(workdir, n))]
   if len(found) != 1:
     raise FileNotFoundError(
-        f"--workdir={workdir}: expected one of scbch_codes.npz / dcgmh_codes.npz "
+        f"--workdir={workdir}: expected one of {' / '.join(names)} "
         f"(found {len(found)}); a finished run or `--eval_only` writes it.")
   return found[0]
 

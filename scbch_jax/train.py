@@ -238,4 +238,5 @@ SPEC = methods.MethodSpec(
     empty_queries="skip",  # the release's mAP convention
     diagnostics={"CSCC weight AUC vs corrupted": "weight_auc_corrupted",
                  "mean weight, corrupted": "weight_mean_corrupted",
-                 "mean weight, clean": "weight_mean_clean"})
+                 "mean weight, clean": "weight_mean_clean"},
+    report_columns={"cscc_weight_auc": "weight_auc_corrupted"})

@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 
 from common.data import folder
+from common.data import names
 from common.data import noise
 from common.data import readers
 from common.data import real
 from common.data import summary
 from common.data import synthetic
 from common.data.splits import Splits
+from common.run_config import ConfigError
 
 
 def resolve_dataset(dataset: str) -> str:
@@ -24,12 +26,15 @@ def resolve_dataset(dataset: str) -> str:
   `synthetic:<preset>`, as the trainers spell it), and presets whose name is
   not a benchmark name (tiny, demo) may be given bare.
   """
-  if dataset in readers.BENCHMARKS:
-    return dataset
-  if dataset.startswith("folder:"):
+  try:
+    source, name = names.parse_dataset(dataset)
+  except ConfigError:  # not a trainer spelling: synthetic_<preset> or a bare preset
+    source, name = None, None
+  if source == "benchmark":
+    return name
+  if source == "folder":
     return "folder"
-  if dataset.startswith(real.PREFIX):
-    name = dataset[len(real.PREFIX):]
+  if source == "real":
     if name not in real.REAL_DATASETS:
       raise ValueError(f"--dataset={dataset!r}: unknown real data set; expected "
                        f"one of {[real.PREFIX + n for n in real.REAL_DATASETS]}")
@@ -123,7 +128,7 @@ def prepare_data(dataset: str, *, tfds_dir: str, data_dir: str | None = None,
                noise_protocol=noise_protocol, noise_rate=noise_rate,
                noise_seed=noise_seed)
   if config_name == "folder":
-    data_dir = dataset.split(":", 1)[1]
+    data_dir = names.folder_path(dataset)
   lines = []
   if config_name.startswith(real.PREFIX) and not summary_only:
     name = config_name[len(real.PREFIX):]
