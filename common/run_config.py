@@ -238,8 +238,12 @@ def check_same_run(saved: Mapping[str, Any], now: Mapping[str, Any], *,
     raise ConfigError(
         f"config.method: workdir {workdir} holds {saved.get('method')}, this is "
         f"{now.get('method')}; use another workdir")
+  # A saved record that names an older version, or names none while this run's
+  # does (a version-1 workdir); records without versions on both sides
+  # (common.train_loop.train called directly) are not compared.
   since = STATE_LAYOUT_SINCE.get(saved.get("method"), 0)
-  if schema_version(saved) < since:
+  if schema_version(saved) < since and (VERSION_KEY in saved
+                                        or schema_version(now) >= since):
     raise ConfigError(
         f"workdir {workdir} holds a {str(saved.get('method')).upper()} run written "
         f"with {VERSION_KEY} {schema_version(saved)}; its checkpoints hold the "

@@ -142,6 +142,8 @@ def test_a_dcgmh_workdir_of_an_older_state_layout_is_refused_in_one_line(tmp_pat
   with pytest.raises(run_config.ConfigError, match=message):
     load_encoder(workdir, log=lambda _: None)
   assert open(os.path.join(workdir, "config.json"), "rb").read() == before
-  # A current record of the same run is not refused.
+  # A current record of the same run is not refused, nor records without
+  # versions on both sides (common.train_loop.train called directly).
   run_config.check_same_run({"method": "dcgmh", "config_version": 3},
                             {"method": "dcgmh", "config_version": 3}, workdir=workdir)
+  run_config.check_same_run({"method": "dcgmh"}, {"method": "dcgmh"}, workdir=workdir)
