@@ -83,8 +83,7 @@ def bench(hidden, fused, batch, repeats):
       np.arange(batch, dtype=np.int32) % BANK
   data = dp.put_rows({"image": rng.random((batch, D_IMG), np.float32),
                       "text": (rng.random((batch, D_TXT)) < 0.02).astype(np.float32),
-                      "labels": labels[idx], "index": idx, "truth_labels": labels[idx],
-                      "truth_corrupted": np.zeros(batch, bool)})
+                      "labels": labels[idx], "index": idx})
   extras = dp.put_rows({})
   out = {}
   holder = {"state": dp.put_state(method.init_state())}

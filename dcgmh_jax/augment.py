@@ -19,8 +19,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+from common.types import Array
 
-Array = jax.Array
 
 IMAGE_NOISE_STD = 0.1
 IMAGE_CONTRAST = 0.2

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.codes import l2_normalize
+from common.types import Array
 
-Array = jax.Array
 
 # The release's eps of its center loss (engine.code_center_loss).
 CENTER_EPS = 1e-5

@@ -11,8 +11,8 @@ from jax import lax
 import jax.numpy as jnp
 
 from common.codes import TorchDense
+from common.types import Array
 
-Array = jax.Array
 
 
 class BatchNorm(nn.BatchNorm):

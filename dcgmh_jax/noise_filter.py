@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.codes import l2_normalize
+from common.types import Array
 
-Array = jax.Array
 
 # κ of an item with an empty observed label row: the smallest value a cosine
 # can take, so such items sort with the least consistent ones (flagged

@@ -86,13 +86,12 @@ from common.codes import to_codes
 from common.data import pipeline
 from common.run_config import ConfigError, check, check_choice, check_positive
 from common.quirks import Quirk, quirk_registry
-from dcgmh_jax import augment
+from common.types import PyTree
 from dcgmh_jax import objectives
 from dcgmh_jax import noise_filter as nf
 from dcgmh_jax import step
 from dcgmh_jax.model import DcgmhNet
 
-PyTree = Any
 DTYPES = ("float32", "bfloat16")
 # release_compat's bn_eval_after_first_eval: the release's first evaluation
 # follows its 1-based epoch 5 (`(epoch + 1) % 5 == 0`), after which it trains
