@@ -14,6 +14,32 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+def pytest_configure(config):
+  """JAX's persistent compilation cache, in a fresh directory per test process
+  (each xdist worker its own: no writer ever races a reader): many tests
+  compile the same tiny programs, and a program whose HLO, compile options,
+  devices and XLA flags all match (the cache key) loads instead of compiling.
+  A hit is the executable XLA would build for that same program, so no test
+  can tell the difference, except in time."""
+  if os.environ.get("NHJ_TEST_NO_XLA_CACHE"):
+    return
+  if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+    return  # the xdist controller: it runs no test
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  config._nhj_xla_cache = tempfile.mkdtemp(prefix="nhj_test_xla_cache_")  # pylint: disable=protected-access
+  jax.config.update("jax_compilation_cache_dir", config._nhj_xla_cache)  # pylint: disable=protected-access
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_unconfigure(config):
+  path = getattr(config, "_nhj_xla_cache", None)
+  if path:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _restore_checkpoint(workdir, step):
   """(params, extras) of checkpoint `step` of a finished run's workdir."""
   import json  # pylint: disable=g-import-not-at-top
