@@ -33,6 +33,20 @@ def pytest_configure(config):
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+@pytest.fixture
+def without_xla_cache():
+  """JAX's persistent compilation cache off for one test (tests of
+  common.exec_cache, which measure that cache alone)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  saved = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", None)
+  compilation_cache.reset_cache()
+  yield
+  jax.config.update("jax_compilation_cache_dir", saved)
+  compilation_cache.reset_cache()
+
+
 def pytest_unconfigure(config):
   path = getattr(config, "_nhj_xla_cache", None)
   if path:
