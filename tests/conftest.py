@@ -18,9 +18,13 @@ def pytest_configure(config):
   """JAX's persistent compilation cache, in a fresh directory per test process
   (each xdist worker its own: no writer ever races a reader): many tests
   compile the same tiny programs, and a program whose HLO, compile options,
-  devices and XLA flags all match (the cache key) loads instead of compiling.
-  A hit is the executable XLA would build for that same program, so no test
-  can tell the difference, except in time."""
+  devices and XLA flags all match (the cache key) loads instead of compiling
+  (a hit is the executable XLA builds for that same program). Exception: an
+  executable loaded from this cache does not survive jax's
+  serialize_executable round trip on CPU (it fails at run time with NOT_FOUND
+  "Function ... not found"), so the tests of common.exec_cache, which
+  serializes executables, run without it (`without_xla_cache`).
+  NHJ_TEST_NO_XLA_CACHE=1 runs the whole suite without it."""
   if os.environ.get("NHJ_TEST_NO_XLA_CACHE"):
     return
   if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
