@@ -177,12 +177,10 @@ def test_buffer_pass_equals_dense_reference_on_the_unlabeled_rows(members):
 
 
 def test_whole_batch_path_still_runs_and_differs_only_in_the_augmented_pass():
+  # (8 devices == 1 device on this path, for these steps and more:
+  # test_eight_devices_equal_one_device[shard_map-True].)
   method = _method(augment_whole_batch=True)
-  ref, ref_hist = _run(method, "shard_map", 1, phases=("warmup", "robust"))
-  got, hist = _run(method, "shard_map", 8, phases=("warmup", "robust"))
-  for h, r in zip(hist, ref_hist):
-    for k in r:
-      np.testing.assert_allclose(h[k], r[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  _, ref_hist = _run(method, "shard_map", 1, phases=("warmup", "robust"))
   buffered, buf_hist = _run(_method(augment_whole_batch=False), "shard_map", 1,
                             phases=("warmup", "robust"))
   assert buf_hist[0]["loss"] == ref_hist[0]["loss"]  # warm-up: no augmented pass

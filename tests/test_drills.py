@@ -23,8 +23,11 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Cheap XLA compilation (as in conftest.py): every run of a drill, the reference
+# included, compiles with the same flags.
 ENV = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-           XLA_FLAGS="--xla_force_host_platform_device_count=2")
+           XLA_FLAGS="--xla_force_host_platform_device_count=2"
+           " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 ENV.pop("NHJ_TRACEBACK", None)
 TINY = ["--config.dataset=synthetic:tiny", "--config.batch_size=32", "--config.bits=16",
         "--config.epochs=2", "--config.progress=false", "--config.checkpoint_every=3",

@@ -16,6 +16,10 @@ from common import exec_cache
 from common import experiment
 from common import parallel
 
+# common.exec_cache alone: JAX's persistent cache (on for the suite, conftest.py)
+# is off here, as in a process whose launcher has --compilation_cache_dir unset.
+pytestmark = pytest.mark.usefixtures("without_xla_cache")
+
 
 @pytest.fixture
 def cache_dir(tmp_path):

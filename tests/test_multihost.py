@@ -19,7 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _env(devices):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  # Cheap XLA compilation (as in conftest.py), the same for every process compared.
+  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices}"
+                      " --xla_backend_optimization_level=0"
+                      " --xla_llvm_disable_expensive_passes=true")
   return env
 
 
