@@ -405,7 +405,7 @@ class CachedJit:
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("executable cache: %s unreadable (%s: %s); compiling again",
                         path, type(e).__name__, e)
-    compiled = self.jitted.lower(*args).compile()
+    compiled = _compile_fresh(self.jitted, args)
     _stats["misses"] += 1
     try:
       payload, in_tree, out_tree = serialize_executable.serialize(compiled)
@@ -415,6 +415,19 @@ class CachedJit:
       logging.warning("executable cache: %s not stored (%s: %s)", self.name,
                       type(e).__name__, e)
     return compiled
+
+
+def _compile_fresh(jitted: Callable, args: tuple):
+  """Compiles with JAX's persistent compilation cache off: an executable that
+  JAX loaded from its own cache does not survive serialize_executable's round
+  trip on CPU (the reloaded copy fails at run time: `NOT_FOUND: Function
+  multiply_reduce_fusion not found`), so only freshly compiled ones are stored."""
+  previous = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    return jitted.lower(*args).compile()
+  finally:
+    jax.config.update("jax_enable_compilation_cache", previous)
 
 
 def _write_atomic(path: str, data: bytes) -> None:

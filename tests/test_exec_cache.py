@@ -254,3 +254,35 @@ def test_concurrent_writers_never_expose_a_partial_entry(tmp_path):
   assert not errors
   assert seen
   assert os.listdir(os.path.dirname(path)) == ["entry.pkl"]  # no temporary files left
+
+
+def test_an_executable_from_jaxs_own_cache_is_never_stored_broken(tmp_path):
+  """With JAX's persistent compilation cache on (--compilation_cache_dir), a
+  program JAX loaded from that cache does not survive serialize_executable on
+  CPU; the executable cache compiles its misses with JAX's cache off, so a
+  later process loads a working executable (before: NOT_FOUND at its first call)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = f"""
+import jax, jax.numpy as jnp, numpy as np
+from common import exec_cache
+jax.config.update("jax_compilation_cache_dir", {str(tmp_path / "xla")!r})
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+fn = lambda x: jnp.sum(x * 3.0, axis=0)
+x = jnp.ones((16, 3))
+import sys
+# populate: JAX's cache only; store: the executable cache's miss (a hit of
+# JAX's cache, before the fix); load: the stored executable.
+exec_cache.enable(None if sys.argv[1] == "populate" else {str(tmp_path / "exec")!r})
+print(np.asarray(exec_cache.jit(fn, name="probe")(x)).tolist(), exec_cache.stats())
+"""
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)),
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  runs = [subprocess.run([sys.executable, "-c", script, which], capture_output=True,
+                         text=True, env=env, timeout=120)
+          for which in ("populate", "store", "load")]
+  for run in runs:
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split(" {")[0] == "[48.0, 48.0, 48.0]", run.stdout
+  assert "'misses': 1" in runs[1].stdout and "'hits': 1" in runs[2].stdout
