@@ -48,14 +48,15 @@ def _primary() -> bool:
   return jax.process_index() == 0
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Every key of a run, before anything is read or compiled."""
+def check_config(config: ml_collections.ConfigDict) -> methods.RunPlan:
+  """Every key of a run, before anything is read or compiled; returns the
+  run's plan (config.release_compat resolved: the only place it is read)."""
   try:
     spec = methods.get_spec(config.method)
     run_data.check_config(config)
     check_loop_config(config)
     spec.check_config(config)
-    methods.resolve_plan(config, spec)  # config.release_compat, config.selection
+    return methods.resolve_plan(config, spec)
   except AttributeError as e:  # a hand-built config that lacks a key
     raise ConfigError(f"config lacks a key the run needs: {e}") from None
 
@@ -105,17 +106,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = Fa
   """
   started = time.time()
   config = ml_collections.ConfigDict(config).lock()  # a private copy
-  check_config(config)
+  plan = check_config(config)
   run_data.resolve_paths(config)
   check(eval_step is None or eval_only, "eval_step", eval_step, "needs eval_only")
   log = log if _primary() else (lambda _: None)
   if not workdir:
     raise ConfigError("workdir: required")
   if eval_only:
-    return _run_locked(config, workdir, started=started, eval_only=True,
+    return _run_locked(config, workdir, plan, started=started, eval_only=True,
                        eval_step=eval_step, log=log, on_step=on_step, guard=None)
   with preemption.PreemptionGuard() as guard, _lock(workdir):
-    return _run_locked(config, workdir, started=started, eval_only=False,
+    return _run_locked(config, workdir, plan, started=started, eval_only=False,
                        eval_step=eval_step, log=log, on_step=on_step, guard=guard)
 
 
@@ -149,11 +150,11 @@ def _check_not_past_end(config, workdir: str) -> None:
     ckpt.close()
 
 
-def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step, guard):
+def _run_locked(config, workdir, plan, *, started, eval_only, eval_step, log, on_step,
+                guard):
   if not eval_only:
     _check_not_past_end(config, workdir)
   spec = methods.get_spec(config.method)
-  plan = methods.resolve_plan(config, spec)  # once: every part below reads it
   data = run_data.load_run_data(config)
   method = spec.build(config, data, plan)
   record = _record(config, data, method)
@@ -177,7 +178,8 @@ def _run_locked(config, workdir, *, started, eval_only, eval_step, log, on_step,
     log(hint)
 
   if eval_only:
-    state, step = restore_for_eval(method, config, workdir, step=eval_step, record=record)
+    state, step = restore_for_eval(method, config, workdir, step=eval_step, record=record,
+                                   plan=plan)
     line = progress_line(workdir, step, "evaluating")
     if line:
       log(line)

@@ -477,7 +477,8 @@ def train(method: Method, train_arrays: Mapping[str, np.ndarray],
 
 def restore_for_eval(method: Method, config: ml_collections.ConfigDict, workdir: str,
                      *, step: int | None = None,
-                     record: Mapping[str, Any] | None = None) -> tuple[PyTree, int]:
+                     record: Mapping[str, Any] | None = None,
+                     plan: RunPlan | None = None) -> tuple[PyTree, int]:
   """(state, step) of checkpoint `step` in workdir, read without disturbing a
   run that may be training there.
 
@@ -489,7 +490,7 @@ def restore_for_eval(method: Method, config: ml_collections.ConfigDict, workdir:
   default-step checkpoint that the writer deletes while it is read (it keeps
   the last config.keep) is replaced by the new default.
   """
-  selection = resolve_plan(config).loop.selection
+  selection = (plan or resolve_plan(config)).loop.selection
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
   try:
     for attempt in range(_READ_ATTEMPTS):

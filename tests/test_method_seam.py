@@ -130,8 +130,13 @@ def _config(**overrides):
   return config
 
 
-def test_a_registered_toy_method_runs_end_to_end(tmp_path, toy_registered):
+def test_a_registered_toy_method_runs_end_to_end(tmp_path, toy_registered, monkeypatch):
+  resolved = []
+  resolve = methods.resolve_plan
+  monkeypatch.setattr(methods, "resolve_plan",
+                      lambda *a, **k: resolved.append(1) or resolve(*a, **k))
   results = experiment.run(_config(log_every=1), str(tmp_path), log=lambda _: None)
+  assert len(resolved) == 1  # config.release_compat parsed once per run
   assert set(results) >= {"i2t", "t2i"}
   assert results["settings"]["toy_scale"] == 2.0           # method.resolved recorded
   # No ground truth in a training batch; the epoch scalar in the step's context,
