@@ -95,6 +95,18 @@ def gather_rows(x: jax.Array) -> jax.Array:
   return lax.all_gather(x, AXIS, tiled=True)
 
 
+def check_row_block(rows: int, n: int, row_start: Any, tau: float) -> None:
+  """The arguments of a loss over R rows against all N items (R rows of a
+  device's block, starting at global row `row_start`; checked when concrete)
+  and its temperature; ValueError naming the argument."""
+  if not 1 <= rows <= n:
+    raise ValueError(f"need 1 <= R <= N for the rows, got R={rows}, N={n}.")
+  if not tau > 0:
+    raise ValueError(f"`tau` must be > 0, got {tau}.")
+  if isinstance(row_start, (int, np.integer)) and not 0 <= row_start <= n - rows:
+    raise ValueError(f"`row_start` must be in [0, {n - rows}], got {row_start}.")
+
+
 def row_offset(local_rows: int) -> jax.Array:
   """Global row position of this device's first row."""
   return lax.axis_index(AXIS) * local_rows

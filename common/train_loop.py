@@ -205,7 +205,6 @@ class _Loop:
             meta.get("config", {}), self.record, workdir=self.workdir))
     position = _Position(dstate=None, epoch=0, step_in_epoch=0, global_step=0,
                          extras=None, saved_step=None)
-    self.summaries = {}
     if found is not None:
       step, state, extras, meta = found
       position.epoch, position.step_in_epoch = (int(meta["epoch"]),

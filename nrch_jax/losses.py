@@ -14,7 +14,8 @@ import chex
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
+
+from common import parallel
 
 
 def label_share_rows(labels_rows: jax.Array, labels_all: jax.Array) -> jax.Array:
@@ -72,12 +73,7 @@ def rch_rows(a_rows: jax.Array, b_all: jax.Array, labels_rows: jax.Array,
                                  custom_message="N")
   chex.assert_equal_shape_prefix([a_rows, labels_rows], 1, custom_message="R")
   n, r = b_all.shape[0], a_rows.shape[0]
-  if not 1 <= r <= n:
-    raise ValueError(f"need 1 <= R <= N for the rows, got R={r}, N={n}.")
-  if not tau > 0:
-    raise ValueError(f"`tau` must be > 0, got {tau}.")
-  if isinstance(row_start, (int, np.integer)) and not 0 <= row_start <= n - r:
-    raise ValueError(f"`row_start` must be in [0, {n - r}], got {row_start}.")
+  parallel.check_row_block(r, n, row_start, tau)
   s = a_rows.astype(jnp.float32) @ b_all.astype(jnp.float32).T  # (R, N)
   is_diag = jnp.arange(n)[None, :] == (row_start + jnp.arange(r))[:, None]
   s_ii = jnp.sum(jnp.where(is_diag, s, 0.0), axis=-1)  # differentiable

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from common import parallel
+
 _JACCARD_EPS = 1e-8
 
 
@@ -109,12 +111,7 @@ def bsch_loss_rows(u_rows: jax.Array, v_rows: jax.Array,
                                  custom_message="`labels` classes")
   n = u.shape[0]
   r = u_rows.shape[0]
-  if not 1 <= r <= n:
-    raise ValueError(f"need 1 <= R <= N for the rows, got R={r}, N={n}.")
-  if not tau > 0:
-    raise ValueError(f"`tau` must be > 0, got {tau}.")
-  if isinstance(row_start, (int, np.integer)) and not 0 <= row_start <= n - r:
-    raise ValueError(f"`row_start` must be in [0, {n - r}], got {row_start}.")
+  parallel.check_row_block(r, n, row_start, tau)
   _check_binary_if_concrete("labels", labels)
   _check_binary_if_concrete("labels_rows", labels_rows)
 
